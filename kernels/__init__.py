@@ -1,0 +1,1 @@
+"""Triton kernels (populated by the kernel modules)."""
