@@ -1,0 +1,113 @@
+"""Nearby Context Pool: the host-side plan and the device-side paged pool.
+
+plan(order, extent) answers, ahead of time and on the host, which context patch fills each slot of
+each step, which pages can be freed after each step, and how many pages are ever live at once
+(peak_pages). The PagePool holds the pages on the device and runs select/add/remove through the
+ops registry, so the patch loop never waits for the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import adc, ops
+
+
+@dataclass
+class Plan:
+    order: list                      # [(t, y, x)] visiting order
+    grid: tuple                      # (T, H, W)
+    extent: tuple                    # (e_t, e_h, e_w)
+    slots: list                      # per step: [C] linear patch id of the context at each slot, -1 empty
+    freed: list                      # per step: linear patch ids whose pages are freed after the step
+    live: list                       # per step: pages in use during the step (own page included)
+
+    @property
+    def peak_pages(self) -> int:
+        return max(self.live) if self.live else 0
+
+    @property
+    def max_freed(self) -> int:
+        return max((len(f) for f in self.freed), default=0)
+
+
+def linear(tyx, grid) -> int:
+    t, y, x = tyx
+    return (t * grid[1] + y) * grid[2] + x
+
+
+def plan(order, extent, grid=None) -> Plan:
+    """Context slots, frees and live pages of each step of `order` under NCP `extent`."""
+    order = [tuple(int(v) for v in p) for p in order]
+    if grid is None:
+        grid = tuple(max(p[i] for p in order) + 1 for i in range(3))
+    T, H, W = grid
+    if len(set(order)) != len(order) or len(order) != T * H * W:
+        raise ValueError("order must visit every patch of the grid exactly once")
+    offs = adc.offsets(extent)
+    step_of = {p: i for i, p in enumerate(order)}
+    slots, last_use = [], {}
+    for i, (t, y, x) in enumerate(order):
+        row = []
+        for dt, dy, dx in offs:
+            j = (t + dt, y + dy, x + dx)
+            if j in step_of and step_of[j] < i:
+                row.append(linear(j, grid))
+                last_use[j] = i
+            else:
+                row.append(-1)
+        slots.append(row)
+    freed = [[] for _ in order]
+    for j in order:
+        freed[last_use.get(j, step_of[j])].append(linear(j, grid))
+    live, n = [], 0
+    for i in range(len(order)):
+        n += 1
+        live.append(n)
+        n -= len(freed[i])
+    return Plan(order=order, grid=tuple(grid), extent=tuple(extent), slots=slots, freed=freed, live=live)
+
+
+class PagePool:
+    """Preallocated pages [G * B, layers, 2, heads, P, head_dim] plus device tables.
+
+    G logical pages are shared by B lockstep samples: logical page g of sample b is physical page
+    g * B + b. Tables: page_index [N + 1] (patch -> logical page, -1; entry N is scratch),
+    free_stack [G + 1] with free_top [1] (a stack of free logical pages; last entry scratch).
+    """
+
+    def __init__(self, n_pages, batch, layers, heads, P, head_dim, n_patches, dtype, device, backend=None):
+        self.G, self.B = int(n_pages), int(batch)
+        self.backend = backend
+        self.device = torch.device(device)
+        self.pages = torch.empty(self.G * self.B, layers, 2, heads, P, head_dim, dtype=dtype, device=device)
+        self.page_index = torch.full((n_patches + 1,), -1, dtype=torch.int32, device=device)
+        self.free_stack = torch.zeros(self.G + 1, dtype=torch.int32, device=device)
+        self.free_stack[: self.G] = torch.arange(self.G - 1, -1, -1, dtype=torch.int32, device=device)
+        self.free_top = torch.full((1,), self.G, dtype=torch.int32, device=device)
+        self.peak = torch.zeros(1, dtype=torch.int32, device=device)  # max pages in use, on device
+
+    @property
+    def nbytes(self) -> int:
+        return self.pages.numel() * self.pages.element_size()
+
+    def layer_kv(self, layer):
+        """k_cache, v_cache views [G*B, heads, P, head_dim] of one layer (strided)."""
+        return self.pages[:, layer, 0], self.pages[:, layer, 1]
+
+    def select(self, cur, grid, extent):
+        return ops.ncp_select(self.page_index, cur, grid, extent, self.B, backend=self.backend)
+
+    def add(self, cur):
+        """Allocate the current patch's page; returns own physical pages [B] int32."""
+        logical = ops.ncp_add(self.page_index, self.free_stack, self.free_top, cur, backend=self.backend)
+        torch.maximum(self.peak, self.G - self.free_top, out=self.peak)
+        b = torch.arange(self.B, dtype=torch.int32, device=self.device)
+        return logical * self.B + b
+
+    def remove(self, patches):
+        ops.ncp_remove(self.page_index, self.free_stack, self.free_top, patches, backend=self.backend)
+
+    def in_use(self) -> int:
+        return self.G - int(self.free_top.item())
