@@ -1,2 +1,19 @@
-"""nuwa-fast: NUWA-Infinity inference engine (autoregressive over autoregressive visual synthesis)."""
+"""nuwa-fast: NUWA-Infinity inference engine (autoregression over autoregression, any size and duration).
+
+    import nuwa_fast
+    model = nuwa_fast.load("tiny")              # the bundled model (or a checkpoint path)
+    result = model.generate_image("a lake at sunset", height=256, width=1536)
+    result.save("panorama.png")
+"""
 __version__ = "0.1.0"
+
+from . import adc, ncp, ops  # noqa: E402,F401
+from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402,F401
+from .config import PRESETS, NuwaConfig, TextConfig, VQConfig  # noqa: E402,F401
+
+
+def __getattr__(name):
+    if name == "NCPAttention":
+        from .layers import NCPAttention
+        return NCPAttention
+    raise AttributeError(name)

@@ -1,0 +1,275 @@
+"""The five tasks as methods of NuwaModel: pixels in, pixels out, built on engine.run.
+
+    model = nuwa_fast.load("tiny")
+    r = model.generate_image("a snowy mountain range at sunset", height=256, width=1536)
+    r.save("panorama.png"); r.stats.tokens_per_second
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import adc, engine, oracle
+from .engine import Stats, TaskSpec
+from .model import NuwaModel
+from .sampling import Sampling
+
+MAX_PIXELS_SIDE = 1 << 20
+
+
+@dataclass
+class Result:
+    pixels: np.ndarray              # uint8 [B, H, W, 3] (image) or [B, T, H, W, 3] (video)
+    tokens: torch.Tensor            # int64 [B, T, h, w] VQ tokens (padded to whole patches)
+    stats: Stats
+
+    @property
+    def is_video(self) -> bool:
+        return self.pixels.ndim == 5
+
+    def images(self):
+        from PIL import Image
+        if self.is_video:
+            return [[Image.fromarray(f) for f in clip] for clip in self.pixels]
+        return [Image.fromarray(im) for im in self.pixels]
+
+    def save(self, path: str, fps: int = 8) -> list[str]:
+        """PNG (image) or GIF/MP4 (video); with several samples, `name_0.ext`, `name_1.ext`, ...
+
+        Each file is written to a temporary name and renamed, so an interrupted save never leaves
+        a half-written file under the requested name.
+        """
+        root, ext = os.path.splitext(path)
+        ext = ext.lower() or (".gif" if self.is_video else ".png")
+        allowed = (".gif", ".mp4") if self.is_video else (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+        if ext not in allowed:
+            raise ValueError(f"cannot save a {'video' if self.is_video else 'image'} as {ext!r}; use one of {allowed}")
+        paths = [f"{root}{ext}"] if len(self.pixels) == 1 else [f"{root}_{i}{ext}" for i in range(len(self.pixels))]
+        os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
+        for arr, dst in zip(self.pixels, paths):
+            tmp = f"{dst}.partial{ext}"
+            try:
+                _write(arr, tmp, ext, fps)
+                os.replace(tmp, dst)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        return paths
+
+
+def _write(arr, path, ext, fps):
+    from PIL import Image
+    if arr.ndim == 3:
+        Image.fromarray(arr).save(path)
+    elif ext == ".gif":
+        frames = [Image.fromarray(f) for f in arr]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    else:
+        try:
+            import imageio.v3 as iio
+        except ImportError as e:
+            raise RuntimeError("saving MP4 needs imageio with ffmpeg (pip install imageio[ffmpeg]); "
+                               "or save as .gif") from e
+        iio.imwrite(path, arr, fps=fps)
+
+
+# ---- argument checks --------------------------------------------------------------------------------
+def _size(name, v, minimum=1):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or \
+            (isinstance(v, float) and (not math.isfinite(v) or v != int(v))):
+        raise ValueError(f"{name} must be a whole number of pixels, got {v!r}")
+    v = int(v)
+    if v < minimum or v > MAX_PIXELS_SIDE:
+        raise ValueError(f"{name} must be between {minimum} and {MAX_PIXELS_SIDE} pixels, got {v}")
+    return v
+
+
+def _prompts(prompt, batch):
+    batch = _size("batch", batch)
+    if prompt is None or isinstance(prompt, str):
+        return [prompt or ""] * batch
+    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != batch and batch != 1:
+            raise ValueError(f"got {len(prompt)} prompts for batch={batch}; give one prompt or one per sample")
+        return list(prompt)
+    raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+
+
+def to_rgb_array(image) -> np.ndarray:
+    """PIL image, uint8 array [H, W, 3] or float tensor [3, H, W] in [-1, 1] -> uint8 [H, W, 3]."""
+    from PIL import Image
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"image file {str(image)!r} does not exist")
+        image = Image.open(image)
+    if isinstance(image, Image.Image):
+        if image.mode in ("I", "F") or image.mode.startswith("I;"):
+            raise ValueError(f"image mode {image.mode!r} (high bit depth) is not supported; convert it to 8-bit "
+                             f"RGB first, e.g. image.point(lambda v: v / 256).convert('RGB')")
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            bg = Image.new("RGB", image.size, (255, 255, 255))
+            bg.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+            image = bg
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"a tensor image must be [3, H, W] in [-1, 1], got shape {tuple(image.shape)}")
+        image = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a PIL image, a path, a uint8 array [H, W, 3] or a tensor [3, H, W]; "
+                        f"got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"an array image must be uint8 [H, W, 3] (RGB), got {image.dtype} {image.shape}; "
+                         f"convert with np.asarray(pil_image.convert('RGB'))")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty: {image.shape}")
+    return image
+
+
+# ---- shared driver -----------------------------------------------------------------------------------
+def _grid(model, frames, h_tok, w_tok):
+    p = model.cfg.patch
+    return (frames, -(-h_tok // p), -(-w_tok // p))
+
+
+def _encode_pixels(model, img: np.ndarray):
+    """uint8 [H, W, 3] -> tokens [ceil(H/f), ceil(W/f)] (edge-padded to whole tokens)."""
+    f = model.cfg.vq.f
+    H, W = img.shape[:2]
+    ph, pw = -H % f, -W % f
+    x = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    x = torch.from_numpy(x).to(model.device).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        return model.vq.encode(x.to(next(model.vq.parameters()).dtype))[0].cpu().numpy()
+
+
+def _run(model, spec, seed, sampling, backend, progress, use_oracle=False):
+    if use_oracle:
+        return oracle.run(model, spec, seed=seed, sampling=sampling)
+    return engine.run(model, spec, seed=seed, sampling=sampling, backend=backend, progress=progress)
+
+
+@torch.no_grad()
+def _decode(model, tokens, frames, h_tok, w_tok, H, W, oy=0, ox=0):
+    """tokens [B, T, h, w] -> uint8 [B, T, H, W, 3], cropping at pixel offset (oy, ox)."""
+    B = tokens.shape[0]
+    f = model.cfg.vq.f
+    out = np.empty((B, frames, H, W, 3), dtype=np.uint8)
+    for t in range(frames):
+        px = model.vq.decode_tiled(tokens[:, t, :h_tok, :w_tok])                 # [B, 3, h*f, w*f]
+        px = ((px.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        out[:, t] = px[:, oy:oy + H, ox:ox + W]
+        assert h_tok * f >= oy + H and w_tok * f >= ox + W
+    return out
+
+
+def _sampling(kw):
+    return Sampling(temperature=kw.pop("temperature", 1.0), top_k=kw.pop("top_k", 0),
+                    top_p=kw.pop("top_p", 1.0), guidance=kw.pop("guidance", 1.0))
+
+
+def _common(kw):
+    s = _sampling(kw)
+    args = dict(seed=int(kw.pop("seed", 0)), backend=kw.pop("backend", None),
+                progress=bool(kw.pop("progress", False)), use_oracle=bool(kw.pop("oracle", False)))
+    extent = kw.pop("extent", None)
+    if kw:
+        raise TypeError(f"unexpected arguments {sorted(kw)}")
+    return s, args, extent
+
+
+# ---- the tasks ---------------------------------------------------------------------------------------
+def generate_image(self: NuwaModel, prompt=None, height=256, width=256, order="down", batch=1,
+                   region=None, **kw) -> Result:
+    """Unconditional (prompt None/"") or text-to-image of any size, patch by patch in `order`."""
+    r = _generate(self, prompt, 1, height, width, order, batch, region, kw)
+    r.pixels = r.pixels[:, 0]
+    return r
+
+
+def generate_video(self: NuwaModel, prompt=None, frames=8, height=256, width=256, order="down", batch=1,
+                   region=None, **kw) -> Result:
+    """Text-to-video (or unconditional video): frame after frame, each in `order`."""
+    return _generate(self, prompt, frames, height, width, order, batch, region, kw)
+
+
+def _generate(self, prompt, frames, height, width, order, batch, region, kw) -> Result:
+    H, W, T = _size("height", height), _size("width", width), _size("frames", frames)
+    s, args, extent = _common(kw)
+    f = self.cfg.vq.f
+    h, w = -(-H // f), -(-W // f)
+    grid = _grid(self, T, h, w)
+    spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
+                    extent=extent)
+    tokens, stats = _run(self, spec, args["seed"], s, args["backend"], args["progress"], args["use_oracle"])
+    return Result(pixels=_decode(self, tokens, T, h, w, H, W), tokens=tokens, stats=stats)
+
+
+def outpaint(self: NuwaModel, image, left=0, right=0, top=0, bottom=0, prompt=None, order=None, batch=1,
+             paste=True, **kw) -> Result:
+    """Extend `image` by the given number of pixels on each side; its own tokens stay unchanged."""
+    img = to_rgb_array(image)
+    pads = {k: _size(k, v, minimum=0) for k, v in dict(left=left, right=right, top=top, bottom=bottom).items()}
+    if not any(pads.values()):
+        raise ValueError("outpaint needs at least one of left, right, top, bottom > 0 (pixels to add)")
+    s, args, extent = _common(kw)
+    f, p = self.cfg.vq.f, self.cfg.patch
+    Hi, Wi = img.shape[:2]
+    if Hi < f or Wi < f:
+        raise ValueError(f"image is {Wi}x{Hi} pixels; it must be at least {f}x{f} (one VQ token)")
+    tt, lt = -(-pads["top"] // f), -(-pads["left"] // f)               # image origin, in tokens
+    oy, ox = tt * f - pads["top"], lt * f - pads["left"]                 # crop offset of the result
+    H, W = pads["top"] + Hi + pads["bottom"], pads["left"] + Wi + pads["right"]
+    h, w = -(-(oy + H) // f), -(-(ox + W) // f)
+    grid = _grid(self, 1, h, w)
+    known = np.zeros((1, grid[1] * p, grid[2] * p), dtype=np.int64)
+    mask = np.zeros_like(known, dtype=bool)
+    toks = _encode_pixels(self, img)
+    known[0, tt:tt + toks.shape[0], lt:lt + toks.shape[1]] = toks
+    mask[0, tt:tt + Hi // f, lt:lt + Wi // f] = True                      # whole tokens only
+    if order is None:
+        sides = [k for k, v in pads.items() if v]
+        order = {"right": "right", "left": "left", "bottom": "down", "top": "up"}[sides[0]] \
+            if len(sides) == 1 else "outward"
+    region = (tt // p, lt // p, (tt + Hi // f - 1) // p, (lt + Wi // f - 1) // p) if order == "outward" else None
+    spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
+                    known=known, known_mask=mask, extent=extent)
+    tokens, stats = _run(self, spec, args["seed"], s, args["backend"], args["progress"], args["use_oracle"])
+    px = _decode(self, tokens, 1, h, w, H, W, oy, ox)[:, 0]
+    if paste:
+        px[:, pads["top"]:pads["top"] + Hi, pads["left"]:pads["left"] + Wi] = img
+    return Result(pixels=px, tokens=tokens, stats=stats)
+
+
+def animate(self: NuwaModel, image, frames=8, prompt=None, order="down", batch=1, paste=True, **kw) -> Result:
+    """Image animation: frame 0 is `image` (its tokens stay unchanged), later frames are generated."""
+    img = to_rgb_array(image)
+    T = _size("frames", frames, minimum=2)
+    s, args, extent = _common(kw)
+    f, p = self.cfg.vq.f, self.cfg.patch
+    H, W = img.shape[:2]
+    if H < f or W < f:
+        raise ValueError(f"image is {W}x{H} pixels; it must be at least {f}x{f} (one VQ token)")
+    h, w = -(-H // f), -(-W // f)
+    grid = _grid(self, T, h, w)
+    known = np.zeros((T, grid[1] * p, grid[2] * p), dtype=np.int64)
+    mask = np.zeros_like(known, dtype=bool)
+    known[0, :h, :w] = _encode_pixels(self, img)
+    mask[0, :H // f, :W // f] = True
+    spec = TaskSpec(grid=grid, order=adc.order(order, grid), prompts=_prompts(prompt, batch),
+                    known=known, known_mask=mask, extent=extent)
+    tokens, stats = _run(self, spec, args["seed"], s, args["backend"], args["progress"], args["use_oracle"])
+    px = _decode(self, tokens, T, h, w, H, W)
+    if paste:
+        px[:, 0] = img
+    return Result(pixels=px, tokens=tokens, stats=stats)
+
+
+NuwaModel.generate_image = generate_image
+NuwaModel.generate_video = generate_video
+NuwaModel.outpaint = outpaint
+NuwaModel.animate = animate
