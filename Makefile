@@ -1,0 +1,37 @@
+# Two commands for a fresh machine:
+#   make demo   installs, then paints a panorama with the bundled model
+#   make test   installs, then runs the test suite (and compiles csrc/ with nvcc when present)
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# the CPU build of torch; on a GPU machine install the CUDA build of torch yourself first
+TORCH   ?= torch==2.13.0
+PROMPT  ?= a snowy mountain range at sunset above a lake
+export TORCH_NUM_THREADS ?= 2
+
+.PHONY: install demo test test-fast bench csrc clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=23" "setuptools>=64" wheel
+	$(BIN)/pip install -q $(TORCH)
+	NUWA_FAST_CUDA=0 $(BIN)/pip install -q --no-build-isolation -e ".[test,hf]"
+	touch $@
+
+demo: install
+	$(BIN)/nuwa-fast generate --prompt "$(PROMPT)" --width 1536 --height 256 --seed 0 -o docs/demo_panorama.png
+
+csrc:
+	@if command -v nvcc >/dev/null 2>&1; then bash .ci/compile_csrc.sh; \
+	else echo "nvcc not found: skipping the csrc compile check"; fi
+
+test: install csrc
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_patch_attention.py --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
