@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import adc, ncp, ops
+from .model import dense_attention
 from .sampling import Sampling, guide, sample
 
 
@@ -85,15 +86,25 @@ def validate_spec(model, spec: TaskSpec):
 
 @torch.no_grad()
 def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), backend=None,
-        progress: bool = False, pool_dtype=None):
-    """Generate the tokens of `spec`. Returns (tokens [B, T, Hg*p, Wg*p] int64, Stats)."""
+        progress: bool = False, pool_dtype=None, attention: str | None = None):
+    """Generate the tokens of `spec`. Returns (tokens [B, T, Hg*p, Wg*p] int64, Stats).
+
+    attention: "paged" calls ops.patch_attention on the pool for every row (the kernels' path);
+    "gathered" copies the patch's context pages out of the pool once per patch and attends to
+    that copy for all P+1 rows (the fast path of the torch backend on a CPU). Default: gathered
+    for the torch backend, paged otherwise.
+    """
     validate_spec(model, spec)
     cfg, dec = model.cfg, model.decoder
     dev = model.device
     p, P, L, H, D = cfg.patch, cfg.P, cfg.layers, cfg.heads, cfg.head_dim
     extent = check_extent(model, spec.extent)
     backend = ops.resolve_backend(backend, dev)
+    attention = attention or ("gathered" if backend == "torch" else "paged")
+    if attention not in ("paged", "gathered"):
+        raise ValueError(f"attention must be 'paged' or 'gathered', got {attention!r}")
     T, Hg, Wg = spec.grid
+    extent = (min(extent[0], T - 1), min(extent[1], Hg - 1), min(extent[2], Wg - 1))  # no always-empty slots
     B = spec.batch
     cfg_guided = sampling.guidance != 1.0
     Bt = 2 * B if cfg_guided else B
@@ -123,17 +134,42 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), b
         page_table = pool.select(cur, spec.grid, extent)                 # [Bt, C] int32
         own = pool.add(cur)                                              # [Bt] int32
 
-        def attend(l, q, k, v, q_start, page_table=page_table, own=own):
+        def write(l, k, v, q_start, own=own):
             m0 = 1 if q_start == 0 else 0                                # row 0 (start) has no key
-            if q.shape[2] > m0:
+            if k.shape[2] > m0:
                 s0 = q_start + m0 - 1
-                pool.pages[own, l, 0, :, s0:s0 + q.shape[2] - m0] = k[:, :, m0:].to(pool.pages.dtype)
-                pool.pages[own, l, 1, :, s0:s0 + q.shape[2] - m0] = v[:, :, m0:].to(pool.pages.dtype)
+                pool.pages[own, l, 0, :, s0:s0 + k.shape[2] - m0] = k[:, :, m0:].to(pool.pages.dtype)
+                pool.pages[own, l, 1, :, s0:s0 + k.shape[2] - m0] = v[:, :, m0:].to(pool.pages.dtype)
+
+        def attend_paged(l, q, k, v, q_start, page_table=page_table, own=own):
+            write(l, k, v, q_start)
             kc, vc = pool.layer_kv(l)
             layer = dec.layers[l]
             return ops.patch_attention(q.to(kc.dtype), kc, vc, page_table, own, q_start, bias[l], own_rel,
                                        layer.null_k.to(kc.dtype), layer.null_v.to(kc.dtype), dec.scale,
                                        backend=backend).to(q.dtype)
+
+        if attention == "gathered":
+            valid = [c for c, j in enumerate(plan.slots[i]) if j >= 0]   # host-side, from the plan
+            ctx_pages = page_table[:, valid].long()                       # [Bt, n]
+            ctx_bias = bias[:, valid].repeat_interleave(P, dim=1)         # [L, n*P, H]
+            ctx = []
+            for l in range(L):
+                kc, vc = pool.layer_kv(l)
+                ctx.append(tuple(c[ctx_pages].permute(0, 2, 1, 3, 4).reshape(Bt, H, len(valid) * P, D)
+                                 .to(dec.start.dtype) for c in (kc, vc)))  # 2 x [Bt, H, n*P, D]
+
+            def attend_gathered(l, q, k, v, q_start, own=own, ctx=ctx, ctx_bias=ctx_bias):
+                write(l, k, v, q_start)
+                n_own = q_start + q.shape[2] - 1                          # own keys visible to the last row
+                ko = pool.pages[own, l, 0, :, :max(n_own, 0)].to(q.dtype)  # [Bt, H, n_own, D]
+                vo = pool.pages[own, l, 1, :, :max(n_own, 0)].to(q.dtype)
+                layer = dec.layers[l]
+                return dense_attention(q, ko, vo, q_start, ctx[l][0], ctx[l][1], ctx_bias[l], bias[l, own_rel],
+                                       layer.null_k, layer.null_v, dec.scale)
+            attend = attend_gathered
+        else:
+            attend = attend_paged
 
         known, kmask = patch_known(spec, (t, y, x), p)
         buf = torch.zeros(Bt, P, dtype=torch.long, device=dev)
