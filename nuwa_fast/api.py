@@ -147,10 +147,11 @@ def _encode_pixels(model, img: np.ndarray):
         return model.vq.encode(x.to(next(model.vq.parameters()).dtype))[0].cpu().numpy()
 
 
-def _run(model, spec, seed, sampling, backend, progress, use_oracle=False):
+def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None):
     if use_oracle:
         return oracle.run(model, spec, seed=seed, sampling=sampling)
-    return engine.run(model, spec, seed=seed, sampling=sampling, backend=backend, progress=progress)
+    return engine.run(model, spec, seed=seed, sampling=sampling, backend=backend, progress=progress,
+                      attention=attention)
 
 
 @torch.no_grad()
@@ -175,7 +176,8 @@ def _sampling(kw):
 def _common(kw):
     s = _sampling(kw)
     args = dict(seed=int(kw.pop("seed", 0)), backend=kw.pop("backend", None),
-                progress=bool(kw.pop("progress", False)), use_oracle=bool(kw.pop("oracle", False)))
+                progress=bool(kw.pop("progress", False)), use_oracle=bool(kw.pop("oracle", False)),
+                attention=kw.pop("attention", None))
     extent = kw.pop("extent", None)
     if kw:
         raise TypeError(f"unexpected arguments {sorted(kw)}")
@@ -205,7 +207,7 @@ def _generate(self, prompt, frames, height, width, order, batch, region, kw) -> 
     grid = _grid(self, T, h, w)
     spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
                     extent=extent)
-    tokens, stats = _run(self, spec, args["seed"], s, args["backend"], args["progress"], args["use_oracle"])
+    tokens, stats = _run(self, spec, **args)
     return Result(pixels=_decode(self, tokens, T, h, w, H, W), tokens=tokens, stats=stats)
 
 
@@ -238,7 +240,7 @@ def outpaint(self: NuwaModel, image, left=0, right=0, top=0, bottom=0, prompt=No
     region = (tt // p, lt // p, (tt + Hi // f - 1) // p, (lt + Wi // f - 1) // p) if order == "outward" else None
     spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
                     known=known, known_mask=mask, extent=extent)
-    tokens, stats = _run(self, spec, args["seed"], s, args["backend"], args["progress"], args["use_oracle"])
+    tokens, stats = _run(self, spec, **args)
     px = _decode(self, tokens, 1, h, w, H, W, oy, ox)[:, 0]
     if paste:
         px[:, pads["top"]:pads["top"] + Hi, pads["left"]:pads["left"] + Wi] = img
@@ -262,7 +264,7 @@ def animate(self: NuwaModel, image, frames=8, prompt=None, order="down", batch=1
     mask[0, :H // f, :W // f] = True
     spec = TaskSpec(grid=grid, order=adc.order(order, grid), prompts=_prompts(prompt, batch),
                     known=known, known_mask=mask, extent=extent)
-    tokens, stats = _run(self, spec, args["seed"], s, args["backend"], args["progress"], args["use_oracle"])
+    tokens, stats = _run(self, spec, **args)
     px = _decode(self, tokens, T, h, w, H, W)
     if paste:
         px[:, 0] = img

@@ -41,6 +41,14 @@ def test_engine_equals_oracle(model, task, order):
     assert np.array_equal(fast.pixels, slow.pixels)
 
 
+@pytest.mark.parametrize("task", ["unconditional", "outpaint", "animate"])
+def test_paged_attention_path_equals_oracle(model, task):
+    """The path the kernels take: ops.patch_attention straight on the pool for every row."""
+    fast = TASKS[task](model, "outward", seed=4, attention="paged")
+    slow = TASKS[task](model, "outward", seed=4, oracle=True)
+    assert torch.equal(fast.tokens, slow.tokens)
+
+
 def test_samples_differ_and_seed_matters(model):
     a = model.generate_image(None, height=12, width=12, batch=2, seed=0)
     b = model.generate_image(None, height=12, width=12, batch=2, seed=1)

@@ -1,0 +1,286 @@
+"""Triton NCP patch attention: one online softmax over null + context pages + own page (causal).
+
+Same signature and semantics as `nuwa_fast.ops.reference.patch_attention` (the oracle, see its
+docstring for shapes and layouts). Two launch modes share one kernel body:
+
+- one pass: grid (cdiv(M, BLOCK_M), B*H, 1). A program owns BLOCK_M query rows of one (sample, head),
+  walks null -> context slots c = 0..C-1 -> own page, and writes the normalised output.
+- split over slots (flash-decoding, for decode when B*H leaves SMs idle): grid (.., B*H, S). Split s
+  walks slots [s*cps, (s+1)*cps); split 0 also takes the null key, split S-1 the own page. Each writes
+  its running max (log2 units), sum and unnormalised output [B*H, S, M, D] in fp32; `_reduce_kernel`
+  (grid (M, B*H)) merges them.
+
+Blocking: q tile [BLOCK_M, BLOCK_D] stays in registers; keys/values stream in [BLOCK_N, BLOCK_D]
+chunks (BLOCK_N = power of two, the page tail P % BLOCK_N is masked at load time, so unused memory is
+never read). BLOCK_M == 1 (decode) computes q.k and p.v as broadcast-multiply + sum on CUDA cores;
+BLOCK_M >= 16 uses tl.dot (fp32 accumulate; "ieee" precision for fp32 inputs, operands upcast to fp32
+in the interpreter where bf16 tl.dot is wrong). Scores are kept in log2 units: qk_scale = scale*log2(e)
+and the ADC bias (read in-kernel from the [R, H] table, one scalar per slot) is multiplied by log2(e),
+so the softmax uses exp2. Page offsets are computed in int64 (page * stride overflows int32 on big pools).
+
+On a GPU the launch is autotuned per (M, P, head_dim, split, dtypes); the first call of a key runs the
+benchmark, so call once before capturing a CUDA graph. In the interpreter one fixed config runs.
+`CHOSEN_CONFIGS` records what ran.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+# Filled after each launch: (mode, M, P, D, dtype) -> the config that ran (autotuned on a GPU, fixed
+# in the interpreter). Benchmarks print it.
+CHOSEN_CONFIGS: dict[tuple, dict] = {}
+
+
+@triton.jit
+def _qk(q, k, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    # q [BLOCK_M, BLOCK_D], k [BLOCK_N, BLOCK_D] -> scores [BLOCK_M, BLOCK_N] fp32
+    if BLOCK_M == 1:
+        s = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
+    elif UPCAST:
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+    elif IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    return s
+
+
+@triton.jit
+def _pv(p, v, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    # p [BLOCK_M, BLOCK_N] fp32, v [BLOCK_N, BLOCK_D] -> [BLOCK_M, BLOCK_D] fp32
+    if BLOCK_M == 1:
+        o = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
+    elif UPCAST:
+        o = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    elif IEEE:
+        o = tl.dot(p, v, input_precision="ieee")
+    else:
+        o = tl.dot(p.to(v.dtype), v)                  # fp16/bf16 operands, fp32 accumulate
+    return o
+
+
+@triton.jit
+def _online_update(m_i, l_i, acc, s, v, BLOCK_M: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    # s [BLOCK_M, BLOCK_N] log2-unit scores (-inf = masked); m_i is always finite (null key or -1e30)
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + _pv(p, v, BLOCK_M, UPCAST, IEEE)
+    return m_new, l_i, acc
+
+
+@triton.jit(do_not_specialize=["q_start", "own_rel", "slots_per_split"])
+def _patch_attn_kernel(
+        Q, K, V, PT, OWN, BIAS, NK, NV, OUT, M_PART, L_PART, ACC_PART,
+        q_start, M, P, C, H, own_rel, qk_scale, slots_per_split,
+        stride_qb, stride_qh, stride_qm, stride_qd,
+        stride_kn, stride_kh, stride_kp, stride_kd,
+        stride_vn, stride_vh, stride_vp, stride_vd,
+        stride_ptb, stride_ptc, stride_br, stride_bh,
+        stride_nkh, stride_nkd, stride_nvh, stride_nvd,
+        stride_ob, stride_oh, stride_om, stride_od,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    split = tl.program_id(2)
+    n_splits = tl.num_programs(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)                       # [BLOCK_M] patch rows - q_start
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < M
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)       # [BLOCK_M, BLOCK_D]
+
+    # null key/value (bias 0) seeds the softmax of split 0, so a row is never empty
+    nk = tl.load(NK + h * stride_nkh + offs_d * stride_nkd, mask=d_mask, other=0.0).to(tl.float32)
+    nv = tl.load(NV + h * stride_nvh + offs_d * stride_nvd, mask=d_mask, other=0.0).to(tl.float32)
+    s_null = tl.sum(q.to(tl.float32) * nk[None, :], axis=1) * qk_scale      # [BLOCK_M]
+    first = split == 0
+    m_i = tl.where(first, s_null, -1.0e30)
+    l_i = tl.where(first, 1.0, 0.0) + tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.where(first, 1.0, 0.0) * nv[None, :] + tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # context slots: full pages, slot bias added to every score; empty slots (-1) run zero iterations
+    c_lo = split * slots_per_split
+    c_hi = tl.minimum(c_lo + slots_per_split, C)
+    for c in range(c_lo, c_hi):
+        slot = tl.load(PT + b * stride_ptb + c * stride_ptc)
+        n_end = tl.where(slot >= 0, P, 0)
+        page = tl.maximum(slot, 0).to(tl.int64)
+        k_base = K + page * stride_kn + h * stride_kh
+        v_base = V + page * stride_vn + h * stride_vh
+        bias_c = tl.load(BIAS + c * stride_br + h * stride_bh).to(tl.float32) * 1.4426950408889634
+        for n0 in range(0, n_end, BLOCK_N):
+            offs = n0 + offs_n
+            kv_mask = (offs < P)[:, None] & d_mask[None, :]
+            k = tl.load(k_base + offs[:, None] * stride_kp + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+            v = tl.load(v_base + offs[:, None] * stride_vp + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+            s = _qk(q, k, BLOCK_M, UPCAST, IEEE) * qk_scale + bias_c
+            s = tl.where((offs < P)[None, :], s, float("-inf"))
+            m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v, BLOCK_M, UPCAST, IEEE)
+
+    # own page (last split): row m sees keys 0 .. q_start+m-1; keys past the block's last visible
+    # one are never loaded (not yet written, may hold NaN)
+    row_hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, M)
+    n_own = tl.where(split == n_splits - 1, q_start + row_hi - 1, 0)
+    own = tl.load(OWN + b).to(tl.int64)
+    k_base = K + own * stride_kn + h * stride_kh
+    v_base = V + own * stride_vn + h * stride_vh
+    bias_o = tl.load(BIAS + own_rel * stride_br + h * stride_bh).to(tl.float32) * 1.4426950408889634
+    for n0 in range(0, n_own, BLOCK_N):
+        offs = n0 + offs_n
+        kv_mask = (offs < n_own)[:, None] & d_mask[None, :]
+        k = tl.load(k_base + offs[:, None] * stride_kp + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs[:, None] * stride_vp + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        s = _qk(q, k, BLOCK_M, UPCAST, IEEE) * qk_scale + bias_o
+        s = tl.where(offs[None, :] < (q_start + offs_m)[:, None], s, float("-inf"))
+        m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v, BLOCK_M, UPCAST, IEEE)
+
+    if SPLIT:
+        row = (pid_bh * n_splits + split).to(tl.int64) * M + offs_m        # [BLOCK_M] rows of [B*H, S, M]
+        tl.store(M_PART + row, m_i, mask=m_mask)
+        tl.store(L_PART + row, l_i, mask=m_mask)
+        tl.store(ACC_PART + row[:, None] * HEAD_DIM + offs_d[None, :], acc,
+                 mask=m_mask[:, None] & d_mask[None, :])
+    else:
+        out = acc / l_i[:, None]
+        tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                 out.to(OUT.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
+def _reduce_kernel(M_PART, L_PART, ACC_PART, OUT, M, H, n_splits,
+                   stride_ob, stride_oh, stride_om, stride_od,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    # one program per (row m, sample*head): merge S partial softmaxes
+    m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < n_splits
+    d_mask = offs_d < HEAD_DIM
+    row = (pid_bh * n_splits + offs_s).to(tl.int64) * M + m                # [BLOCK_S]
+    m_s = tl.load(M_PART + row, mask=s_mask, other=-1.0e30)
+    l_s = tl.load(L_PART + row, mask=s_mask, other=0.0)
+    acc = tl.load(ACC_PART + row[:, None] * HEAD_DIM + offs_d[None, :], mask=s_mask[:, None] & d_mask[None, :],
+                  other=0.0)                                                # [BLOCK_S, BLOCK_D]
+    g = tl.max(m_s, axis=0)                                                 # finite: split 0 holds the null key
+    w = tl.exp2(m_s - g)
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l_s, axis=0)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    tl.store(OUT + b * stride_ob + h * stride_oh + m * stride_om + offs_d * stride_od,
+             out.to(OUT.dtype.element_ty), mask=d_mask)
+
+
+def _configs(decode: bool):
+    if decode:   # bandwidth-bound: BLOCK_M = 1 on CUDA cores, or a 16-row tl.dot tile (15 rows masked)
+        return ([triton.Config({"BLOCK_M": 1, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                 for n in (16, 32, 64, 128) for w in (2, 4, 8) for s in (2, 3)]
+                + [triton.Config({"BLOCK_M": 16, "BLOCK_N": n}, num_warps=4, num_stages=3) for n in (32, 64)])
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for m, n, w, s in [(16, 16, 4, 3), (32, 16, 4, 3), (64, 16, 4, 3), (16, 64, 4, 3), (32, 64, 4, 3),
+                               (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2), (128, 32, 8, 3),
+                               (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2)]]
+
+
+def _prune(configs, named_args, **kwargs):
+    # no chunk wider than the page, no row tile much taller than M; the BLOCK_M = 1 product
+    # [BLOCK_N, BLOCK_D] at <= 32 fp32 per thread (sm_90 ptxas: 64x64 at 4 warps = 166 registers,
+    # 128x64 at 4 warps spills)
+    P, M, block_d = named_args["P"], named_args["M"], kwargs["BLOCK_D"]
+    out = [c for c in configs
+           if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(P))
+           and c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(M))
+           and (c.kwargs["BLOCK_M"] > 1 or c.kwargs["BLOCK_N"] * block_d <= 32 * 32 * c.num_warps)]
+    return out or configs[:1]
+
+
+_TUNED = {
+    decode: triton.autotune(_configs(decode), key=["M", "P", "HEAD_DIM", "SPLIT"],
+                            prune_configs_by={"early_config_prune": _prune})(_patch_attn_kernel)
+    for decode in (True, False)
+}
+
+
+def _default_splits(B, H, M, C, device) -> int:
+    """Split over slots only for decode-sized M when B*H programs leave SMs idle."""
+    if device.type != "cuda" or M > 16 or C < 2:
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if B * H >= sms:
+        return 1
+    return max(1, min(C, 32, triton.cdiv(2 * sms, B * H)))
+
+
+def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel, null_k, null_v,
+                    scale, num_splits=None):
+    """Triton backend of `nuwa_fast.ops.reference.patch_attention` (same arguments and result).
+
+    num_splits: None = heuristic (split over slots for decode when B*H < SM count), else forced.
+    """
+    B, H, M, D = q.shape
+    N, Hk, P, Dk = k_cache.shape
+    C = page_table.shape[1]
+    assert (Hk, Dk) == (H, D) and v_cache.shape == k_cache.shape, \
+        f"k/v cache {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not match q {tuple(q.shape)}"
+    assert k_cache.dtype == q.dtype and v_cache.dtype == q.dtype, "q, k_cache, v_cache must share a dtype"
+    assert q.dtype in (torch.float32, torch.float16, torch.bfloat16), f"unsupported dtype {q.dtype}"
+    assert M >= 1 and 0 <= q_start and q_start + M - 1 <= P, f"rows q_start={q_start}, M={M} exceed P={P}"
+    assert page_table.shape[0] == B and own_page.shape[0] == B, "page_table/own_page batch != q batch"
+    assert B * H < 65536, f"B*H = {B * H} exceeds the CUDA grid's y limit (65535); launch in chunks of samples"
+    assert bias.shape[0] >= max(C, own_rel + 1) and bias.shape[1] == H, \
+        f"bias {tuple(bias.shape)} needs >= max(C={C}, own_rel+1={own_rel + 1}) rows and H={H} columns"
+
+    interpret = q.device.type == "cpu"                                     # TRITON_INTERPRET=1
+    # the interpreter casts fp32 -> bf16 by truncation (GPUs round to nearest even): write fp32 there
+    # and let torch round
+    out_dtype = torch.float32 if interpret and q.dtype == torch.bfloat16 else q.dtype
+    out = torch.empty((B, H, M, D), device=q.device, dtype=out_dtype)
+    S = num_splits if num_splits is not None else _default_splits(B, H, M, C, q.device)
+    S = max(1, min(int(S), max(C, 1)))
+    cps = triton.cdiv(C, S) if C else 1
+    S = triton.cdiv(C, cps) if C else 1                                    # no trailing empty split
+    split = S > 1
+    if split:
+        m_part = torch.empty((B * H, S, M), device=q.device, dtype=torch.float32)
+        l_part = torch.empty_like(m_part)
+        acc_part = torch.empty((B * H, S, M, D), device=q.device, dtype=torch.float32)
+    else:
+        m_part = l_part = acc_part = out                                   # unused
+
+    block_d = max(16, triton.next_power_of_2(D))
+    decode = M == 1
+    args = (q, k_cache, v_cache, page_table, own_page, bias, null_k, null_v, out, m_part, l_part, acc_part,
+            int(q_start), M, P, C, H, int(own_rel), float(scale) * LOG2E, cps,
+            *q.stride(), *k_cache.stride(), *v_cache.stride(), *page_table.stride(), *bias.stride(),
+            *null_k.stride(), *null_v.stride(), *out.stride())
+    consts = dict(HEAD_DIM=D, BLOCK_D=block_d, SPLIT=split, UPCAST=interpret,
+                  IEEE=q.dtype == torch.float32)
+    if interpret:   # one fixed config: autotuning in the interpreter only costs time
+        cfg = {"BLOCK_M": 1 if decode else 16, "BLOCK_N": min(32, max(16, triton.next_power_of_2(P)))}
+        _patch_attn_kernel[(triton.cdiv(M, cfg["BLOCK_M"]), B * H, S)](*args, **consts, **cfg)
+        chosen = dict(cfg, num_warps=None, num_stages=None)
+    else:
+        tuned = _TUNED[decode]
+        tuned[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H, S)](*args, **consts)
+        best = tuned.best_config
+        chosen = dict(best.kwargs, num_warps=best.num_warps, num_stages=best.num_stages)
+    CHOSEN_CONFIGS[("decode" if decode else "prefill", M, P, D, str(q.dtype).replace("torch.", ""))] = \
+        dict(chosen, num_splits=S)
+
+    if split:
+        _reduce_kernel[(M, B * H)](m_part, l_part, acc_part, out, M, H, S, *out.stride(),
+                                   HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(S))
+    return out.to(q.dtype)

@@ -1,0 +1,26 @@
+"""Test setup shared by all test files.
+
+Without a CUDA device the Triton kernels run in the interpreter: TRITON_INTERPRET=1 must be set before
+any @triton.jit decorator runs, i.e. before anything imports nuwa_fast.kernels, so it is set here, at
+conftest import time. The repository root goes on sys.path so `import nuwa_fast` works without an
+install; `nuwa_fast.kernels` (the top-level kernels/ folder, mapped by setup.py's package_dir) is then
+reachable by adding the root to nuwa_fast's package path.
+"""
+import importlib.util
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import nuwa_fast  # noqa: E402
+
+if importlib.util.find_spec("nuwa_fast.kernels") is None:     # not installed: map kernels/ by hand
+    nuwa_fast.__path__.append(ROOT)
