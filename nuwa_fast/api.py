@@ -207,7 +207,7 @@ def _generate(self, prompt, frames, height, width, order, batch, region, kw) -> 
     grid = _grid(self, T, h, w)
     spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
                     extent=extent)
-    tokens, stats = _run(self, spec, **args)
+    tokens, stats = _run(self, spec, sampling=s, **args)
     return Result(pixels=_decode(self, tokens, T, h, w, H, W), tokens=tokens, stats=stats)
 
 
@@ -240,7 +240,7 @@ def outpaint(self: NuwaModel, image, left=0, right=0, top=0, bottom=0, prompt=No
     region = (tt // p, lt // p, (tt + Hi // f - 1) // p, (lt + Wi // f - 1) // p) if order == "outward" else None
     spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
                     known=known, known_mask=mask, extent=extent)
-    tokens, stats = _run(self, spec, **args)
+    tokens, stats = _run(self, spec, sampling=s, **args)
     px = _decode(self, tokens, 1, h, w, H, W, oy, ox)[:, 0]
     if paste:
         px[:, pads["top"]:pads["top"] + Hi, pads["left"]:pads["left"] + Wi] = img
@@ -264,7 +264,7 @@ def animate(self: NuwaModel, image, frames=8, prompt=None, order="down", batch=1
     mask[0, :H // f, :W // f] = True
     spec = TaskSpec(grid=grid, order=adc.order(order, grid), prompts=_prompts(prompt, batch),
                     known=known, known_mask=mask, extent=extent)
-    tokens, stats = _run(self, spec, **args)
+    tokens, stats = _run(self, spec, sampling=s, **args)
     px = _decode(self, tokens, T, h, w, H, W)
     if paste:
         px[:, 0] = img
