@@ -11,9 +11,3 @@ from . import adc, ncp, ops  # noqa: E402,F401
 from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402,F401
 from .config import PRESETS, NuwaConfig, TextConfig, VQConfig  # noqa: E402,F401
 
-
-def __getattr__(name):
-    if name == "NCPAttention":
-        from .layers import NCPAttention
-        return NCPAttention
-    raise AttributeError(name)
