@@ -1,0 +1,84 @@
+"""The command line: each task writes its file; bad input exits 2 with `error: ...` and writes nothing."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nuwa_fast.checkpoint import save_checkpoint
+from models import small_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "small.safetensors"
+    save_checkpoint(small_model(), path)
+    return str(path)
+
+
+def cli(*args):
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "nuwa_fast.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_generate_video_outpaint_animate(ckpt, tmp_path):
+    out = tmp_path / "img.png"
+    r = cli("generate", "-c", ckpt, "--width", "30", "--height", "13", "--prompt", "a lake", "-q", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (30, 13)
+    src = tmp_path / "src.png"
+    Image.fromarray(np.full((12, 16, 3), 90, np.uint8)).save(src)
+    r = cli("outpaint", str(src), "-c", ckpt, "--right", "9", "--top", "3", "-q", "-o", str(tmp_path / "o.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "o.png").size == (25, 15)
+    r = cli("animate", str(src), "-c", ckpt, "--frames", "2", "-q", "-o", str(tmp_path / "a.gif"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "a.gif").n_frames == 2
+    r = cli("video", "-c", ckpt, "--frames", "2", "--width", "12", "--height", "12", "--batch", "2", "-q",
+            "-o", str(tmp_path / "v.gif"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "v_0.gif").exists() and (tmp_path / "v_1.gif").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["generate", "--width", "0"], "width must be between"),
+    (["generate", "--height", "-5"], "height must be between"),
+    (["generate", "--width", "abc"], "--width must be a whole number"),
+    (["generate", "--width", "nan"], "--width must be a whole number"),
+    (["generate", "--order", "spiral"], "unknown order"),
+    (["generate", "--extent", "0,9,9"], "larger than the extent"),
+    (["generate", "--extent", "1,2"], "three values"),
+    (["generate", "--backend", "fortran"], "not available"),
+    (["generate", "--top-p", "0"], "top_p"),
+    (["generate", "-c", "/no/such.safetensors"], "neither an existing checkpoint"),
+    (["outpaint", "/no/such.png", "--right", "8"], "does not exist"),
+    (["generate", "-o", "out.txt"], "cannot save"),
+])
+def test_bad_arguments(ckpt, tmp_path, args, match, capsys):
+    """In-process (argparse errors exit 2 through SystemExit, the rest return 2)."""
+    from nuwa_fast.cli import main
+    out = tmp_path / "never.png"
+    if "-o" not in args:
+        args = args + ["-o", str(out)]
+    if "-c" not in args:
+        args = args + ["-c", ckpt]
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    assert match in err, err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_info(ckpt, capsys):
+    from nuwa_fast.cli import main
+    assert main(["info", "-c", ckpt]) == 0
+    assert '"backends"' in capsys.readouterr().out
