@@ -65,6 +65,8 @@ def order(name: str | Sequence[str], grid, region=None) -> list[tuple[int, int, 
     region: for "outward", the (y0, x0, y1, x1) inclusive patch rectangle to grow from.
     """
     T, H, W = _grid3(grid)
+    if not isinstance(name, str) and not (isinstance(name, (list, tuple)) and all(isinstance(n, str) for n in name)):
+        raise TypeError(f"order must be one of {list(ORDERS)} or a list with one per frame, got {name!r}")
     names = [name] * T if isinstance(name, str) else list(name)
     if len(names) != T:
         raise ValueError(f"got {len(names)} per-frame orders for {T} frames; give one name or one per frame")

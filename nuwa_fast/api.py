@@ -150,8 +150,29 @@ def _encode_pixels(model, img: np.ndarray):
 def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None):
     if use_oracle:
         return oracle.run(model, spec, seed=seed, sampling=sampling)
-    return engine.run(model, spec, seed=seed, sampling=sampling, backend=backend, progress=progress,
-                      attention=attention)
+    try:
+        return engine.run(model, spec, seed=seed, sampling=sampling, backend=backend, progress=progress,
+                          attention=attention)
+    except torch.OutOfMemoryError as e:
+        raise _oom_advice(model, spec, sampling) from e
+
+
+def _oom_advice(model, spec, sampling):
+    """An out-of-memory during generation, restated with the batch size that would fit."""
+    from . import ncp
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    cfg = model.cfg
+    extent = engine.check_extent(model, spec.extent)
+    peak = ncp.plan(spec.order, extent, spec.grid).peak_pages
+    per_sample = peak * cfg.layers * 2 * cfg.heads * cfg.P * cfg.head_dim * \
+        next(model.parameters()).element_size() * (2 if sampling.guidance != 1.0 else 1)
+    avail = ncp.available_bytes(model.device)
+    fit = max(int(avail * 0.8) // max(per_sample, 1), 0)
+    return MemoryError(f"out of memory on {model.device} while generating {spec.batch} samples of a "
+                       f"{spec.grid[1]} x {spec.grid[2]} patch canvas ({spec.grid[0]} frames; the NCP holds "
+                       f"{peak} pages, {ncp._human(per_sample)} per sample); with {ncp._human(avail)} free, about "
+                       f"{fit} samples fit: use batch={max(fit, 1)}" + ("" if fit else " and a narrower canvas"))
 
 
 @torch.no_grad()

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError, RuntimeError) as e:
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError, RuntimeError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -69,6 +69,54 @@ def plan(order, extent, grid=None) -> Plan:
     return Plan(order=order, grid=tuple(grid), extent=tuple(extent), slots=slots, freed=freed, live=live)
 
 
+class PoolTooLarge(MemoryError):
+    """The NCP pool asked for does not fit the device: raised before any work, with the numbers."""
+
+
+def available_bytes(device) -> int:
+    """Memory a new pool may take: free CUDA memory, or MemAvailable on the host; capped by the
+    NUWA_FAST_MAX_POOL_BYTES environment variable when it is set."""
+    import os
+    cap = os.environ.get("NUWA_FAST_MAX_POOL_BYTES")
+    device = torch.device(device)
+    if device.type == "cuda":
+        avail = torch.cuda.mem_get_info(device)[0]
+    else:
+        avail = 1 << 62
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        avail = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return min(avail, int(cap)) if cap else avail
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def check_pool_fits(n_pages, batch, layers, heads, P, head_dim, dtype, device) -> int:
+    """Bytes the pool needs; raises PoolTooLarge naming the numbers when they do not fit."""
+    page = layers * 2 * heads * P * head_dim * torch.empty((), dtype=dtype).element_size()
+    need = n_pages * batch * page
+    avail = available_bytes(device)
+    if need > avail:
+        fit = avail // (page * batch)
+        raise PoolTooLarge(
+            f"the Nearby Context Pool needs {n_pages} pages x {batch} samples x {_human(page)} = "
+            f"{_human(need)} on {device}, but {_human(avail)} is available: at most {fit} "
+            f"pages fit. Use a smaller batch, a narrower canvas (in 'down'/'up' order the pages grow with "
+            f"the width: about e_h x width-in-patches), the order that runs along the short side, or a "
+            f"smaller extent")
+    return need
+
+
 class PagePool:
     """Preallocated pages [G * B, layers, 2, heads, P, head_dim] plus device tables.
 
@@ -81,6 +129,7 @@ class PagePool:
         self.G, self.B = int(n_pages), int(batch)
         self.backend = backend
         self.device = torch.device(device)
+        check_pool_fits(self.G, self.B, layers, heads, P, head_dim, dtype, device)
         self.pages = torch.empty(self.G * self.B, layers, 2, heads, P, head_dim, dtype=dtype, device=device)
         self.page_index = torch.full((n_patches + 1,), -1, dtype=torch.int32, device=device)
         self.free_stack = torch.zeros(self.G + 1, dtype=torch.int32, device=device)

@@ -24,6 +24,10 @@ class Sampling:
 
     def __post_init__(self):
         import math
+        for name in ("temperature", "top_k", "top_p", "guidance"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{name} must be a number, got {v!r}")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if int(self.top_k) != self.top_k or self.top_k < 0:
