@@ -132,3 +132,43 @@ def test_one_pixel_image_is_refused(model):
     from PIL import Image
     with pytest.raises(ValueError, match="at least"):
         model.outpaint(Image.new("RGB", (1, 1)), right=4)
+
+
+def test_fuzz_cli(tmp_path, capsys):
+    """Random argv lists: exit 0 with the file written, or exit 2 with `error:` and nothing written."""
+    from nuwa_fast import cli
+    from nuwa_fast.checkpoint import save_checkpoint
+    ck = tmp_path / "m.safetensors"
+    save_checkpoint(small_model(), ck)
+    rng = random.Random(1)
+    values = {"--width": ["8", "13", "0", "-4", "x", "1e3", "nan", "99999999999"],
+              "--height": ["8", "5", "0", "", "NaN"], "--seed": ["0", "-1", "abc"],
+              "--order": ["down", "left", "outward", "sideways", ""], "--top-p": ["0.9", "2", "-1"],
+              "--top-k": ["0", "3", "-2", "k"], "--temperature": ["1", "0", "-3", "inf"],
+              "--batch": ["1", "2", "0"], "--extent": ["0,1,1", "9,9,9", "1", "a,b,c"],
+              "--backend": ["torch", "cuda9"]}
+    tried = wrote = 0
+    for i in range(60):
+        out = tmp_path / f"o{i}.png"
+        argv = ["generate", "-c", str(ck), "-q", "-o", str(out)]
+        for flag in rng.sample(sorted(values), 4):
+            argv += [flag, rng.choice(values[flag])]
+        if "--width" not in argv:
+            argv += ["--width", "8"]
+        if "--height" not in argv:
+            argv += ["--height", "8"]
+        tried += 1
+        try:
+            code = cli.main(argv)
+        except SystemExit as e:                                         # argparse type errors
+            code = e.code
+        err = capsys.readouterr().err
+        assert code in (0, 2), (argv, code, err)
+        if code == 0:
+            wrote += 1
+            assert out.exists() or (tmp_path / f"o{i}_0.png").exists()
+        else:
+            assert "error" in err and "Traceback" not in err
+            assert not out.exists()
+    print(f"cli fuzz: {tried} argv lists, {wrote} wrote an image, {tried - wrote} refused")
+    assert wrote and tried - wrote
