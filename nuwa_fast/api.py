@@ -136,15 +136,29 @@ def _grid(model, frames, h_tok, w_tok):
     return (frames, -(-h_tok // p), -(-w_tok // p))
 
 
-def _encode_pixels(model, img: np.ndarray):
-    """uint8 [H, W, 3] -> tokens [ceil(H/f), ceil(W/f)] (edge-padded to whole tokens)."""
+def _encode_pixels(model, img: np.ndarray, tile: int = 64):
+    """uint8 [H, W, 3] -> tokens [ceil(H/f), ceil(W/f)] (edge-padded to whole tokens).
+
+    Encoded in tiles of tile x tile tokens with the encoder's receptive field as halo, converting
+    only one tile to float at a time: memory is bounded by the tile, not by the image.
+    """
     f = model.cfg.vq.f
     H, W = img.shape[:2]
-    ph, pw = -H % f, -W % f
-    x = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
-    x = torch.from_numpy(x).to(model.device).permute(2, 0, 1)[None].float() / 127.5 - 1
-    with torch.no_grad():
-        return model.vq.encode(x.to(next(model.vq.parameters()).dtype))[0].cpu().numpy()
+    img = np.pad(img, ((0, -H % f), (0, -W % f), (0, 0)), mode="edge")
+    h, w = img.shape[0] // f, img.shape[1] // f
+    halo = model.vq.encode_halo
+    dtype = next(model.vq.parameters()).dtype
+    out = np.empty((h, w), dtype=np.int64)
+    for y0 in range(0, h, tile):
+        y1, ya, yb = min(y0 + tile, h), max(y0 - halo, 0), min(y0 + tile + halo, h)
+        for x0 in range(0, w, tile):
+            x1, xa, xb = min(x0 + tile, w), max(x0 - halo, 0), min(x0 + tile + halo, w)
+            x = torch.from_numpy(np.ascontiguousarray(img[ya * f:yb * f, xa * f:xb * f]))
+            x = x.to(model.device).permute(2, 0, 1)[None].to(dtype) / 127.5 - 1       # [1, 3, th*f, tw*f]
+            with torch.no_grad():
+                t = model.vq.encode(x)[0].cpu().numpy()                                # [th, tw]
+            out[y0:y1, x0:x1] = t[y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+    return out
 
 
 def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None):

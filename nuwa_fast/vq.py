@@ -112,6 +112,17 @@ class VQModel(nn.Module):
                 r = -(-r // 2)
         return r
 
+    @property
+    def encode_halo(self) -> int:
+        """Receptive-field radius of the encoder in tokens: a conv of kernel k after strides s adds
+        (k // 2) * s input pixels; rounded up to whole tokens."""
+        r, stride = 0, 1
+        for m in [*self.encoder.modules(), *self.quant_in.modules()]:
+            if isinstance(m, nn.Conv2d):
+                r += max(d * (k // 2) for d, k in zip(m.dilation, m.kernel_size)) * stride
+                stride *= m.stride[0]
+        return -(-r // self.f)
+
     # ---- codebook --------------------------------------------------------------------------------
     def _encode_z(self, img):                                                # img [B, 3, H, W]
         H, W = img.shape[-2:]

@@ -155,3 +155,18 @@ def test_restart_dead_codes():
     assert (after[dead] - before[dead]).abs().amax(1).min() > 0
     assert torch.allclose(after[dead].norm(dim=1), torch.ones(n), atol=1e-5)
     assert m.restart_dead_codes(loss["z"], torch.ones_like(usage)) == 0
+
+
+def test_tiled_encode_equals_full_encode():
+    """The API encodes images in tiles with the encoder's receptive field as halo."""
+    import numpy as np
+    import sys, os
+    sys.path.insert(0, os.path.dirname(__file__))
+    from models import small_model
+    from nuwa_fast.api import _encode_pixels
+    m = small_model()
+    img = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    full = _encode_pixels(m, img, tile=10_000)
+    tiled = _encode_pixels(m, img, tile=3)
+    print("halo", m.vq.encode_halo, "mismatches", int((full != tiled).sum()))
+    assert (full == tiled).all()
