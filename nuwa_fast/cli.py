@@ -1,4 +1,4 @@
-"""`nuwa-fast` command line: generate, outpaint, animate, video, info (and train, bench, profile).
+"""`nuwa-fast` command line: generate, outpaint, animate, video, info, train, eval, bench, profile.
 
     nuwa-fast generate --prompt "a snowy mountain range at sunset" --width 1536 --height 256 -o pano.png
     nuwa-fast outpaint photo.png --right 256 -o wider.png
@@ -77,11 +77,8 @@ def build_parser():
     _common(sub.add_parser("video", help="text-to-video"), video=True)
     sp = sub.add_parser("info", help="checkpoint, presets and available backends")
     sp.add_argument("--checkpoint", "-c", default="tiny")
-    for name, mod in (("train", "nuwa_fast.train.cli"), ("bench", "nuwa_fast.bench"),
-                      ("profile", "nuwa_fast.profile")):
-        sp = sub.add_parser(name, help=f"{name} (see `nuwa-fast {name} --help`)", add_help=False)
-        sp.add_argument("rest", nargs=argparse.REMAINDER)
-        sp.set_defaults(module=mod)
+    for name in DELEGATED:
+        sub.add_parser(name, help=f"see `nuwa-fast {name} --help`", add_help=False)
     return ap
 
 
@@ -93,16 +90,22 @@ def _kwargs(a):
     return kw
 
 
+DELEGATED = {"train": ("nuwa_fast.train.cli", "main"), "eval": ("nuwa_fast.train.cli", "eval"),
+             "bench": ("nuwa_fast.bench", "main"), "profile": ("nuwa_fast.profile", "main")}
+
+
 def run(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    if getattr(a, "module", None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:                   # these parse their own arguments (and --help)
         import importlib
+        mod, fn = DELEGATED[argv[0]]
         try:
-            mod = importlib.import_module(a.module)
-        except ImportError:
-            print(f"error: `nuwa-fast {a.cmd}` is not available in this installation", file=sys.stderr)
+            module = importlib.import_module(mod)
+        except ImportError as e:
+            print(f"error: `nuwa-fast {argv[0]}` is not available in this installation: {e}", file=sys.stderr)
             return 2
-        return mod.main(a.rest)
+        return getattr(module, fn)(argv[1:]) or 0
+    a = build_parser().parse_args(argv)
     import nuwa_fast
     if a.cmd == "info":
         from nuwa_fast import ops

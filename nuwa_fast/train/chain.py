@@ -1,0 +1,141 @@
+"""Patch chains and the two training forwards of the vision decoder.
+
+A chain is an image of Hc x Wc patches tokenised by the VQ, laid out in one of the four basic orders:
+tokens [B, N, P] with patch n the n-th of the order. `context(order, extent, trained_extent)` gives,
+for every pair of steps (i, j), the trained ADC bias row of j in i's NCP selection (-1: not
+selected), from ncp.plan. Then:
+
+  parallel_logits     one pass over all N*(P+1) rows with a block mask: row (i, s) sees null, every
+                      token of each selected patch j (+ B[rel[i, j]]) and tokens 0..s-1 of its own
+                      patch (+ B[own]). Forward semantics identical to inference: a patch's keys
+                      and values are computed under its own context, exactly as when it was decoded.
+  patch_forward       one patch with dense attention against detached (or live) context pages: the
+                      oracle's computation, the step of render-and-optimize training and the
+                      reference that parallel_logits is tested against.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import adc, ncp
+from ..model import dense_attention
+
+
+def to_chain(tokens, order, p: int):
+    """tokens [B, Hc*p, Wc*p] -> [B, N, P] in `order` ((t, y, x) list, t = 0)."""
+    B = tokens.shape[0]
+    out = [tokens[:, y * p:(y + 1) * p, x * p:(x + 1) * p].reshape(B, p * p) for _, y, x in order]
+    return torch.stack(out, 1)                                                 # [B, N, P]
+
+
+def context(order, extent, trained_extent) -> torch.Tensor:
+    """rel [N, N] long: rel[i, j] = trained bias row of step j in step i's selection, -1 if none;
+    rel[i, i] = the own-patch row (offset (0, 0, 0))."""
+    order = [tuple(o) for o in order]
+    grid = tuple(max(o[k] for o in order) + 1 for k in range(3))
+    plan = ncp.plan(order, extent, grid)
+    rows = adc.bias_rows(extent, trained_extent)                               # inference slot -> trained row
+    step_of = {ncp.linear(o, grid): i for i, o in enumerate(order)}
+    N = len(order)
+    rel = torch.full((N, N), -1, dtype=torch.long)
+    for i, slots in enumerate(plan.slots):
+        for c, lin in enumerate(slots):
+            if lin >= 0:
+                rel[i, step_of[lin]] = rows[c]
+        rel[i, i] = adc.rel_index((0, 0, 0), trained_extent)
+    return rel
+
+
+def block_mask(table, rel, P: int) -> torch.Tensor:
+    """Additive mask [H, N*(P+1), 1 + N*(P+1)] of the chain: column 0 is the null key.
+
+    table [R, H] ADC bias of one layer; rel [N, N] from context(). Row (i, s) sees key (j, c)
+    (c = 1..P: token c-1) when rel[i, j] >= 0 and (j != i or c <= s). Column (j, 0), the start row,
+    has no key and is never seen.
+    """
+    N = rel.shape[0]
+    R, H = table.shape
+    dev = table.device
+    sel = rel >= 0                                                              # [N, N]
+    bias = table[rel.clamp_min(0)].permute(2, 0, 1)                             # [H, N, N]
+    s = torch.arange(P + 1, device=dev)
+    own_ok = (s[None, :] >= 1) & (s[None, :] <= s[:, None])                     # [P+1 rows, P+1 cols]
+    ctx_ok = (s >= 1)[None, :].expand(P + 1, P + 1)
+    eye = torch.eye(N, dtype=torch.bool, device=dev)
+    vis = torch.where(eye[:, None, :, None], own_ok[None, :, None, :], ctx_ok[None, :, None, :])
+    vis = vis & sel.to(dev)[:, None, :, None]                                   # [N, P+1, N, P+1]
+    m = bias[:, :, None, :, None].expand(H, N, P + 1, N, P + 1)
+    m = m.masked_fill(~vis[None], float("-inf")).reshape(H, N * (P + 1), N * (P + 1))
+    return F.pad(m, (1, 0), value=0.0)                                          # null column: bias 0
+
+
+def repeat_text(text, n: int):
+    """Per-layer text keys/values of B samples -> of B*n rows (each sample's patches share its text)."""
+    return [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0), m.repeat_interleave(n, 0)) for k, v, m in text]
+
+
+def parallel_logits(dec, chain, rel, text, logits=True):
+    """chain [B, N, P] tokens, rel [N, N], text: per-layer (k, v, mask) of B samples -> [B, N, P, V]."""
+    B, N, P = chain.shape
+    rows = P + 1
+    masks = {}
+
+    def attend(l, q, k, v, q_start):                                            # [B*N, H, P+1, D] each
+        _, H, _, D = q.shape
+        q, k, v = (t.reshape(B, N, H, rows, D).transpose(1, 2).reshape(B, H, N * rows, D) for t in (q, k, v))
+        layer = dec.layers[l]
+        k = torch.cat([layer.null_k.to(k.dtype)[None, :, None].expand(B, H, 1, D), k], 2)   # [B, H, 1+N*rows, D]
+        v = torch.cat([layer.null_v.to(v.dtype)[None, :, None].expand(B, H, 1, D), v], 2)
+        if l not in masks:
+            masks[l] = block_mask(dec.adc_bias[l], rel.to(q.device), P)         # [H, N*rows, 1+N*rows]
+        s = torch.einsum("bhmd,bhnd->bhmn", q, k).float() * dec.scale + masks[l][None]
+        o = torch.einsum("bhmn,bhnd->bhmd", torch.softmax(s, -1).to(v.dtype), v)  # [B, H, N*rows, D]
+        return o.reshape(B, H, N, rows, D).transpose(1, 2).reshape(B * N, H, rows, D)
+
+    out = dec(chain.reshape(B * N, P), 0, rows, attend, repeat_text(text, N), logits=logits)
+    return out.reshape(B, N, rows, -1)[:, :, :P]                                # rows 0..P-1 predict tokens
+
+
+def patch_forward(dec, buf, ctx, text, logits=True):
+    """One patch, rows 0..P, dense attention against context pages.
+
+    buf [B, P] tokens; ctx: list of (pages, bias_row) with pages = [(k, v) per layer], k/v [B, H, P, D].
+    Returns (logits or hidden [B, P, ...] of rows 0..P-1, this patch's page [(k, v) per layer]).
+    """
+    P = buf.shape[1]
+    own_row = adc.rel_index((0, 0, 0), dec.cfg.extent)
+    page = []
+
+    def attend(l, q, k, v, q_start):
+        Bq, H, M, D = q.shape
+        table = dec.adc_bias[l]                                                  # [R, H]
+        if ctx:
+            ck = torch.cat([pg[l][0] for pg, _ in ctx], 2)                       # [B, H, n*P, D]
+            cv = torch.cat([pg[l][1] for pg, _ in ctx], 2)
+            cb = torch.cat([table[r][None].expand(P, H) for _, r in ctx], 0)     # [n*P, H]
+        else:
+            ck = cv = q.new_zeros(Bq, H, 0, D)
+            cb = table.new_zeros(0, H)
+        page.append((k[:, :, 1:], v[:, :, 1:]))                                  # keys of tokens 0..P-1
+        return dense_attention(q, k[:, :, 1:], v[:, :, 1:], 0, ck, cv, cb, table[own_row],
+                               dec.layers[l].null_k, dec.layers[l].null_v, dec.scale)
+
+    out = dec(buf, 0, P + 1, attend, text, logits=logits)
+    return out[:, :P], page
+
+
+def sequential_logits(dec, chain, order, extent, text):
+    """The oracle's computation with teacher forcing: patches in order, each against its selected
+    context pages (brute-force selection from the definition). chain [B, N, P] -> [B, N, P, V]."""
+    step_of = {tuple(o): i for i, o in enumerate(order)}
+    pages, outs = {}, []
+    for i, (t, y, x) in enumerate(order):
+        ctx = []
+        for d in adc.offsets(extent):
+            j = (t + d[0], y + d[1], x + d[2])
+            if j in step_of and step_of[j] < i:
+                ctx.append((pages[j], adc.rel_index(d, dec.cfg.extent)))
+        lg, pages[(t, y, x)] = patch_forward(dec, chain[:, i], ctx, text)
+        outs.append(lg)
+    return torch.stack(outs, 1)

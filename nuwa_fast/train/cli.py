@@ -1,0 +1,162 @@
+"""`nuwa-fast train vq|nuwa ...` and `nuwa-fast eval ...`.
+
+    nuwa-fast train vq   --preset tiny --data landscape:0.85,skimage:0.15 --steps 1500 --batch 8 --out runs/vq
+    nuwa-fast train cache --vq runs/vq/last.safetensors --data landscape --images 200 --size 256x512 --out runs/cache.safetensors
+    nuwa-fast train nuwa --preset tiny --vq runs/vq/last.safetensors [--cache runs/cache.safetensors] --steps 1000 --batch 8 --out runs/nuwa
+    torchrun --nproc_per_node 2 -m nuwa_fast.train.cli train nuwa ...      (DDP: nccl on GPU, gloo on CPU)
+    nuwa-fast eval runs/nuwa/last.safetensors --json eval.json
+
+A killed run continues where its last checkpoint left off with the same command plus --resume.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .options import TrainOptions
+
+
+def _chains(v):
+    out = []
+    for part in v.split(","):
+        try:
+            h, w, *wt = part.split("x")
+            out.append((int(h), int(w), float(wt[0]) if wt else 1.0))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--chains: expected HxW[xweight],... (patches), got {v!r}") from None
+    return tuple(out)
+
+
+def _sizes(v):
+    try:
+        return tuple(int(x) for x in v.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes: expected comma-separated pixel sizes, got {v!r}") from None
+
+
+def _extent(v):
+    e = tuple(int(x) for x in v.split(","))
+    if len(e) != 3:
+        raise argparse.ArgumentTypeError("--extent must be e_t,e_h,e_w")
+    return e
+
+
+def build_parser(prog="nuwa-fast train"):
+    ap = argparse.ArgumentParser(prog=prog, description="Train the VQ tokenizer (stage 1) or the NUWA "
+                                 "decoder + text encoder (stage 2)")
+    ap.add_argument("stage", choices=("vq", "nuwa", "cache"),
+                    help="vq: stage 1; nuwa: stage 2; cache: tokenise --images wide images once for stage 2 "
+                         "(--out is then the .safetensors file)")
+    ap.add_argument("--preset", default="tiny", help="config preset (nuwa_fast.config.PRESETS)")
+    d = TrainOptions()
+    ap.add_argument("--data", default=d.data, help="source mix, e.g. landscape:0.85,skimage:0.15")
+    ap.add_argument("--steps", type=int, default=d.steps)
+    ap.add_argument("--batch", type=int, default=d.batch, help="per process")
+    ap.add_argument("--out", default=d.out)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.* if present")
+    ap.add_argument("--stop-at", type=int, default=0, help="stop (and save) after this step; resume later")
+    ap.add_argument("--lr", type=float, default=None, help="peak LR (default: 2e-3 vq, 1e-3 nuwa)")
+    ap.add_argument("--warmup", type=int, default=d.warmup)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--save-every", type=int, default=d.save_every)
+    ap.add_argument("--log-every", type=int, default=d.log_every)
+    ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU too (AVX512-BF16/AMX CPUs)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--bundle", default=None, help="also write an fp16 checkpoint here at every save")
+    ap.add_argument("--sizes", type=_sizes, default=d.sizes, help="vq: crop sides, e.g. 64,96,128")
+    ap.add_argument("--gan", action="store_true", help="vq: add a patch-GAN after --gan-start steps")
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="vq: fine-tune the pixel decoder only (with --init); tokens stay the same")
+    ap.add_argument("--gan-start", type=int, default=d.gan_start)
+    ap.add_argument("--commit-weight", type=float, default=d.commit_weight)
+    ap.add_argument("--restart-every", type=int, default=d.restart_every)
+    ap.add_argument("--vq", default=None, help="nuwa: checkpoint with the trained VQ (stage 1 output)")
+    ap.add_argument("--cache", default=None, help="nuwa: token cache (nuwa-fast train cache ...) to cut chains from")
+    ap.add_argument("--images", type=int, default=200, help="cache: number of images")
+    ap.add_argument("--size", default="256x512", help="cache: image HxW in pixels")
+    ap.add_argument("--init", default=None, help="nuwa: checkpoint to start the decoder and text encoder from; vq: checkpoint to start the VQ from")
+    ap.add_argument("--chains", type=_chains, default=d.chains,
+                    help="nuwa: patch-chain shapes HxW[xweight], e.g. 4x3x0.5,2x4x0.5")
+    ap.add_argument("--mode", choices=("parallel", "sequential"), default=d.mode,
+                    help="nuwa: teacher-forced block mask (fast) or render-and-optimize (the paper)")
+    ap.add_argument("--caption-drop", type=float, default=d.caption_drop)
+    ap.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    return ap
+
+
+def options_from_args(a) -> TrainOptions:
+    lr = a.lr if a.lr is not None else (2e-3 if a.stage == "vq" else 1e-3)
+    return TrainOptions(out=a.out, steps=a.steps, batch=a.batch, lr=lr, warmup=a.warmup, seed=a.seed,
+                        data=a.data, save_every=a.save_every, log_every=a.log_every, eval_every=a.eval_every,
+                        resume=a.resume, stop_at=a.stop_at, device=a.device, threads=a.threads, cpu_bf16=a.cpu_bf16, progress=not a.no_progress,
+                        bundle=a.bundle, sizes=a.sizes, gan=a.gan, decoder_only=a.decoder_only, gan_start=a.gan_start,
+                        restart_every=a.restart_every, commit_weight=a.commit_weight, vq=a.vq, cache=a.cache, init=a.init, chains=a.chains, mode=a.mode,
+                        caption_drop=a.caption_drop, label_smoothing=a.label_smoothing)
+
+
+def main(argv=None):
+    """`nuwa-fast train ...`; argv excludes the leading "train"."""
+    a = build_parser().parse_args(argv)
+    from ..config import preset
+    cfg = preset(a.preset)
+    opt = options_from_args(a)
+    if a.stage == "vq":
+        from .vq_stage import train_vq
+        train_vq(cfg, opt)
+    elif a.stage == "cache":
+        import torch
+        from ..checkpoint import load_checkpoint
+        from .cache import build_cache
+        if not a.vq:
+            raise SystemExit("nuwa-fast train cache: pass --vq runs/vq/last.safetensors")
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        h, w = (int(x) for x in a.size.split("x"))
+        build_cache(load_checkpoint(a.vq).vq, a.data, a.images, h, w, a.out, seed=a.seed)
+    else:
+        if not a.vq and not a.init and not a.resume:
+            raise SystemExit("nuwa-fast train nuwa: pass --vq runs/vq/last.safetensors (the stage-1 VQ)")
+        from .nuwa_stage import train_nuwa
+        train_nuwa(cfg, opt)
+    return 0
+
+
+def build_eval_parser(prog="nuwa-fast eval"):
+    ap = argparse.ArgumentParser(prog=prog, description="Held-out VQ PSNR / codebook usage and bits per "
+                                 "token with the trained NCP extent vs no context, per order")
+    ap.add_argument("checkpoint", nargs="?", default="tiny", help="checkpoint path or preset (default: bundled tiny)")
+    ap.add_argument("--data", default="landscape:0.85,skimage:0.15")
+    ap.add_argument("--samples", type=int, default=16, help="held-out patch chains per order")
+    ap.add_argument("--chain", default="4x3", help="patch chain HxW of the held-out images")
+    ap.add_argument("--vq-samples", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None, help="also write the report here")
+    return ap
+
+
+def eval(argv=None):  # noqa: A001  (the `nuwa-fast eval` entry point)
+    """`nuwa-fast eval ...`: prints (and optionally writes) a JSON report."""
+    a = build_eval_parser().parse_args(argv)
+    from .evaluate import evaluate
+    h, w = (int(x) for x in a.chain.split("x"))
+    rep = evaluate(a.checkpoint, data=a.data, samples=a.samples, chain=(h, w), vq_samples=a.vq_samples,
+                   device=a.device)
+    text = json.dumps(rep, indent=2)
+    print(text)
+    if a.json:
+        with open(a.json, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args and args[0] == "train":
+        sys.exit(main(args[1:]))
+    if args and args[0] == "eval":
+        sys.exit(eval(args[1:]))
+    sys.exit(main(args))

@@ -1,0 +1,243 @@
+"""Shared training plumbing: distributed setup, LR schedule, resumable state, metrics log.
+
+Resumable state of a run folder `out/`:
+  last.safetensors        the model (nuwa_fast.checkpoint format; loadable by nuwa_fast.load)
+  last.state.safetensors  optimizer tensors + RNG state; its metadata holds JSON: step, param
+                          groups, the run's arguments and the data state.
+Both files are written to temporary names and renamed (state first, then weights), and both
+carry the step, so a resume can check they belong together. Nothing is pickled.
+
+Every batch is a pure function of (seed, step, rank), so the data-loader state is the step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+STATE_FORMAT = "nuwa-fast-train-state"
+
+
+# ---- distributed ---------------------------------------------------------------------------------
+def setup_distributed(device: str | None = None):
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1); returns (rank, world, device).
+
+    nccl on GPU, gloo on CPU. A single process needs no process group.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
+def all_reduce_grads(module):
+    """Average the gradients of a module that is not wrapped in DDP (e.g. the GAN discriminator)."""
+    if not dist.is_initialized():
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+def wrap_ddp(module, dev):
+    if not dist.is_initialized():
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def autocast(dev, cpu_bf16: bool = False):
+    """bf16 autocast on GPU (fp16 where bf16 is not supported); on CPU fp32, or bf16 when asked
+    (2.4x faster matmuls on a CPU with AVX512-BF16: 64 vs 27 GFLOPS per core measured on AMD EPYC)."""
+    if dev.type != "cuda":
+        return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+# ---- schedule ------------------------------------------------------------------------------------
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine down to floor * peak at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(opt, lr: float):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def make_adamw(params, lr, weight_decay=0.01, betas=(0.9, 0.95)):
+    """AdamW with no decay on biases, norms, embeddings-like vectors (ndim < 2)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
+# ---- resumable state -----------------------------------------------------------------------------
+def _atomic_save_file(tensors: dict, path: Path, metadata: dict):
+    from safetensors.torch import save_file
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_train_state(out, model, opt, step: int, args: dict, data_state: dict | None = None,
+                     name: str = "last", modules: dict | None = None, extra_tensors: dict | None = None):
+    """Write out/<name>.state.safetensors then out/<name>.safetensors, both atomically.
+
+    modules: extra trained modules that are not part of the model (a GAN discriminator), kept in
+    the state file as "mod.<name>.<param>". extra_tensors: loop state (e.g. code usage since the
+    last restart), returned by load_train_state in data_state["tensors"].
+    """
+    from ..checkpoint import save_checkpoint
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = v.detach().contiguous().cpu() if torch.is_tensor(v) \
+                else torch.tensor(v, dtype=torch.float64)
+    for mname, mod in (modules or {}).items():
+        for k, v in mod.state_dict().items():
+            tensors[f"mod.{mname}.{k}"] = v.detach().contiguous().cpu()
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v.detach().contiguous().cpu()
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"format": STATE_FORMAT, "step": str(step), "args": json.dumps(args, sort_keys=True),
+            "param_groups": json.dumps(sd["param_groups"]), "data_state": json.dumps(data_state or {})}
+    _atomic_save_file(tensors, out / f"{name}.state.safetensors", meta)
+    save_checkpoint(model, out / f"{name}.safetensors", extra={"train_step": str(step)})
+
+
+def load_train_state(out, model, opt, name: str = "last", modules: dict | None = None):
+    """Restore model weights, optimizer and RNG from out/; returns (step, args, data_state)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from ..checkpoint import load_checkpoint, read_metadata
+    out = Path(out)
+    spath, wpath = out / f"{name}.state.safetensors", out / f"{name}.safetensors"
+    if not spath.is_file() or not wpath.is_file():
+        raise FileNotFoundError(f"--resume: {out} has no {spath.name} + {wpath.name} pair to resume from; "
+                                f"start without --resume")
+    with safe_open(str(spath), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("format") != STATE_FORMAT:
+        raise ValueError(f"{spath} is not a nuwa-fast training state file")
+    step = int(meta["step"])
+    wstep = int(read_metadata(wpath).get("train_step", "-1"))
+    if wstep != step:
+        raise ValueError(f"{wpath} is at step {wstep} but {spath} at step {step}: the run was killed while "
+                         f"writing its checkpoint; delete the newer one or start again")
+    src = load_checkpoint(wpath)
+    model.load_state_dict(src.state_dict())
+    tensors = load_file(str(spath))
+    groups = json.loads(meta["param_groups"])
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name_ = k.split(".", 2)
+            state.setdefault(int(pid), {})[name_] = v
+    ref = opt.state_dict()
+    for pid, st in state.items():        # keep the param's device; Adam's `step` stays a cpu scalar
+        for k, v in st.items():
+            if k != "step":
+                st[k] = v.to(_param_by_id(opt, pid).device)
+    ref["state"] = state
+    ref["param_groups"] = [dict(g, params=r["params"]) for g, r in zip(groups, ref["param_groups"])]
+    opt.load_state_dict(ref)
+    for mname, mod in (modules or {}).items():
+        pre = f"mod.{mname}."
+        mod.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    data_state = json.loads(meta["data_state"])
+    data_state["tensors"] = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return step, json.loads(meta["args"]), data_state
+
+
+def _param_by_id(opt, pid):
+    i = 0
+    for g in opt.param_groups:
+        for p in g["params"]:
+            if i == pid:
+                return p
+            i += 1
+    raise KeyError(pid)
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+class MetricsLog:
+    """Append-only JSONL: one object per logged step (rank 0 only)."""
+
+    def __init__(self, path, enabled=True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.t0 = time.time()
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **row):
+        if not self.enabled:
+            return
+        row = {"time": round(time.time() - self.t0, 2), **{k: _plain(v) for k, v in row.items()}}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _plain(v):
+    if torch.is_tensor(v):
+        v = v.item()
+    return round(v, 6) if isinstance(v, float) else v
+
+
+def step_generator(seed: int, step: int, rank: int, salt: int = 0) -> torch.Generator:
+    """The RNG of one (step, rank): batches, orders and caption drops never depend on history."""
+    g = torch.Generator()
+    g.manual_seed(((seed * 1_000_003 + step) * 1009 + rank) * 31 + salt)
+    return g

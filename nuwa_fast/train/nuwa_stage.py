@@ -1,0 +1,190 @@
+"""Stage 2: the vision decoder and the text encoder, on patch chains tokenised by the frozen VQ.
+
+Every step draws one chain shape and one of the four basic orders for the whole batch (per rank),
+B captioned images of that shape, drops each caption with probability caption_drop (the
+unconditional prompt for classifier-free guidance), and trains with cross-entropy on every token:
+
+  mode "parallel"    one teacher-forced pass with the block mask of chain.parallel_logits (the
+                     forward semantics of inference), one optimizer step per chain.
+  mode "sequential"  render-and-optimize as in the paper: patch by patch in order, each patch's loss
+                     back-propagated and the optimizer stepped, then its keys/values join the pool
+                     detached. One optimizer step per patch; the LR follows the chain step.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import adc
+from . import chain as chainlib
+from . import common, sources
+from .options import TrainOptions
+
+
+class NuwaTrainer(nn.Module):
+    """Text encoder + decoder behind one forward (what DDP wraps); the VQ stays outside, frozen."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.text = model.text
+        self.decoder = model.decoder
+
+    def text_memory(self, prompts, dev):
+        mem, mask = self.text.encode_prompts(prompts, dev)
+        return self.decoder.text_memory(mem, mask)
+
+    def forward(self, kind, chain, prompts, rel=None, ctx=None, label_smoothing=0.0):
+        """kind "chain": chain [B, N, P] -> mean CE over all tokens;
+        kind "patch": chain [B, P] one patch against ctx -> (CE, page)."""
+        text = self.text_memory(prompts, chain.device)
+        V = self.decoder.cfg.vq.codebook_size
+        if kind == "chain":
+            lg = chainlib.parallel_logits(self.decoder, chain, rel, text)       # [B, N, P, V]
+            return F.cross_entropy(lg.reshape(-1, V).float(), chain.reshape(-1), label_smoothing=label_smoothing)
+        lg, page = chainlib.patch_forward(self.decoder, chain, ctx, text)      # [B, P, V]
+        return F.cross_entropy(lg.reshape(-1, V).float(), chain.reshape(-1), label_smoothing=label_smoothing), page
+
+
+def draw_chain_batch(vq, opt: TrainOptions, g, batch, p, heldout=False, shape=None, order=None, cache=None):
+    """-> (chain tokens [B, N, P], prompts [B], order, (Hc, Wc)). Deterministic in g.
+
+    With a TokenCache the chains are token windows of cached images; else images are rendered
+    and tokenised by the VQ.
+    """
+    if shape is None:
+        w = np.array([c[2] if len(c) > 2 else 1.0 for c in opt.chains], np.float64)
+        Hc, Wc = opt.chains[int(g.choice(len(w), p=w / w.sum()))][:2]
+    else:
+        Hc, Wc = shape
+    if order is None:
+        order = adc.BASIC_ORDERS[int(g.integers(4))]
+    dev = vq.codebook.device
+    if cache is not None:
+        tok, prompts = cache.crop(g, batch, Hc * p, Wc * p)
+        tok = tok.to(dev)
+    else:
+        pix = p * vq.f
+        imgs, prompts = [], []
+        for _ in range(batch):
+            img, cap = sources.draw(opt.data, g, Hc * pix, Wc * pix, heldout=heldout)
+            imgs.append(img)
+            prompts.append(cap)
+        with torch.no_grad():
+            tok = vq.encode(sources.to_tensor(np.stack(imgs)).to(dev))          # [B, Hc*p, Wc*p]
+    drop = g.random(batch) < opt.caption_drop
+    prompts = ["" if d else c for c, d in zip(prompts, drop.tolist())]
+    orde = adc.order(order, (Hc, Wc))
+    return chainlib.to_chain(tok, orde, p), prompts, orde, (Hc, Wc)
+
+
+def build_model(cfg, opt: TrainOptions):
+    from ..checkpoint import load_checkpoint
+    from ..model import NuwaModel
+    torch.manual_seed(opt.seed)
+    model = NuwaModel(cfg)
+    if opt.init:
+        src = load_checkpoint(opt.init)
+        if src.cfg != cfg:
+            raise ValueError(f"--init {opt.init} was trained with another config than preset {cfg.name}")
+        model.load_state_dict(src.state_dict())
+    if opt.vq:
+        src = load_checkpoint(opt.vq)
+        if src.cfg.vq != cfg.vq:
+            raise ValueError(f"--vq {opt.vq}: its VQ config {src.cfg.vq} differs from the preset's {cfg.vq}")
+        model.vq.load_state_dict(src.vq.state_dict())
+    model.vq.requires_grad_(False).eval()
+    return model
+
+
+def train_nuwa(cfg, opt: TrainOptions, log=print):
+    from ..checkpoint import save_checkpoint
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    rank, world, dev = common.setup_distributed(opt.device)
+    model = build_model(cfg, opt).to(dev)
+    trainer = NuwaTrainer(model).train()
+    optim = common.make_adamw(trainer.parameters(), opt.lr, opt.weight_decay)
+    start = 0
+    if opt.resume and (Path(opt.out) / "last.state.safetensors").is_file():
+        start, saved, _ = common.load_train_state(opt.out, model, optim)
+        opt.check_resume(saved)
+    ddp = common.wrap_ddp(trainer, dev)
+    metrics = common.MetricsLog(f"{opt.out}/metrics.jsonl", enabled=common.is_main())
+    p = cfg.patch
+    rel_cache = {}
+    cache = None
+    if opt.cache:
+        from .cache import TokenCache
+        cache = TokenCache(opt.cache)
+    steps = range(start, opt.steps)
+    if opt.progress and common.is_main():
+        from tqdm import tqdm
+        steps = tqdm(steps, initial=start, total=opt.steps, desc=f"nuwa ({opt.mode})", unit="chain", mininterval=5)
+    params = [q for q in trainer.parameters() if q.requires_grad]
+    for step in steps:
+        g = sources.rng(opt.seed, rank, step)
+        chain, prompts, order, shape = draw_chain_batch(model.vq, opt, g, opt.batch, p, cache=cache)
+        lr = common.lr_at(step, opt.steps, opt.lr, opt.warmup)
+        common.set_lr(optim, lr)
+        if opt.mode == "parallel":
+            key = tuple(order)
+            if key not in rel_cache:
+                rel_cache[key] = chainlib.context(order, cfg.extent, cfg.extent)
+            with common.autocast(dev, opt.cpu_bf16):
+                loss = ddp("chain", chain, prompts, rel=rel_cache[key], label_smoothing=opt.label_smoothing)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+        else:
+            loss, gn = _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt)
+        if common.is_main() and step % opt.log_every == 0:
+            loss = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
+            row = {"step": step, "lr": lr, "loss": loss, "bits": loss / math.log(2),
+                   "grad_norm": float(gn), "order": _order_name(order, shape), "shape": list(shape)}
+            metrics.write(**row)
+            if hasattr(steps, "set_postfix"):
+                steps.set_postfix(loss=f"{row['loss']:.3f}")
+        done = step + 1 == opt.steps or step + 1 == opt.stop_at
+        if common.is_main() and ((step + 1) % opt.save_every == 0 or done):
+            common.save_train_state(opt.out, model, optim, step + 1, opt.to_dict(),
+                                    data_state={"step": step + 1, "batch": opt.batch})
+            if opt.bundle:
+                save_checkpoint(model, opt.bundle, dtype=torch.float16)
+        if step + 1 == opt.stop_at:
+            break
+    common.barrier()
+    return model
+
+
+def _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt):
+    """The paper's training: per patch forward, backward, step; pages join the pool detached."""
+    step_of = {tuple(o): i for i, o in enumerate(order)}
+    pages, total, gn = {}, 0.0, 0.0
+    for i, (t, y, x) in enumerate(order):
+        ctx = []
+        for d in adc.offsets(cfg.extent):
+            j = (t + d[0], y + d[1], x + d[2])
+            if j in step_of and step_of[j] < i:
+                ctx.append((pages[j], adc.rel_index(d, cfg.extent)))
+        with common.autocast(chain.device, opt.cpu_bf16):
+            loss, page = ddp("patch", chain[:, i], prompts, ctx=ctx, label_smoothing=opt.label_smoothing)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        optim.step()
+        pages[(t, y, x)] = [(k.detach(), v.detach()) for k, v in page]
+        total += float(loss.detach())
+    return total / len(order), gn
+
+
+def _order_name(order, shape):
+    for name in adc.BASIC_ORDERS:
+        if adc.order(name, shape) == [tuple(o) for o in order]:
+            return name
+    return "?"
