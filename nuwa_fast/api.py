@@ -110,11 +110,17 @@ def to_rgb_array(image) -> np.ndarray:
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
             raise ValueError(f"image mode {image.mode!r} (high bit depth) is not supported; convert it to 8-bit "
                              f"RGB first, e.g. image.point(lambda v: v / 256).convert('RGB')")
+        if image.mode in ("La", "RGBa"):                 # premultiplied alpha: un-premultiply first
+            image = image.convert("RGBA")
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             bg = Image.new("RGB", image.size, (255, 255, 255))
             bg.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
             image = bg
-        image = np.asarray(image.convert("RGB"))
+        try:
+            image = np.asarray(image.convert("RGB"))
+        except ValueError as e:
+            raise ValueError(f"image mode {image.mode!r} cannot be converted to RGB ({e}); save it as an "
+                             f"RGB or RGBA PNG first") from e
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"a tensor image must be [3, H, W] in [-1, 1], got shape {tuple(image.shape)}")
