@@ -110,7 +110,10 @@ def to_rgb_array(image) -> np.ndarray:
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
             raise ValueError(f"image mode {image.mode!r} (high bit depth) is not supported; convert it to 8-bit "
                              f"RGB first, e.g. image.point(lambda v: v / 256).convert('RGB')")
-        if image.mode in ("La", "RGBa"):                 # premultiplied alpha: un-premultiply first
+        if image.mode == "La":                            # premultiplied L + alpha: PIL cannot convert it
+            raise ValueError("image mode 'La' (premultiplied alpha) cannot be converted to RGB; save it as "
+                             "an RGB or RGBA PNG first")
+        if image.mode == "RGBa":                          # premultiplied alpha: un-premultiply first
             image = image.convert("RGBA")
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             bg = Image.new("RGB", image.size, (255, 255, 255))
