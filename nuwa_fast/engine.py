@@ -2,21 +2,39 @@
 
 For each patch of the order: select its context pages (NCP select), allocate its own page (add),
 then either prefill its P known tokens in one pass (a given patch) or decode its P+1 rows one at a
-time (a generated patch; rows whose token is known are forced), writing each row's keys/values
-straight into the own page; finally free the pages no later patch needs (remove). B samples (2B
-with classifier-free guidance) move in lockstep.
+time (a generated patch; rows whose token is known are forced), finally free the pages no later
+patch needs (remove). B samples (2B with classifier-free guidance) move in lockstep.
+
+Everything the loop touches lives in static buffers allocated before the loop (nuwa_fast.steps), so
+the per-row decode step and the prefill of a given patch are fixed-shape functions of device
+tensors: on CUDA each is captured once as a CUDA graph and replayed (cuda_graphs=True), on the CPU
+the same code runs eagerly (or through torch.compile with compile_step=True). Sampling is the
+hash-based Gumbel draw of nuwa_fast.sampling; the loop never waits for the host.
+
+Attention modes (where a row's self-attention reads its context):
+  "paged"     ops.patch_attention straight on the pool for every row: the fused kernels' path
+              (triton/cuda); one CUDA graph per row index, since the kernels take q_start as an int.
+  "gathered"  the selected context pages are copied out of the pool once per patch into a static
+              [null | context | own] key/value buffer, then every row is a dense matmul-softmax-
+              matmul over it (the torch backend's fast path); the row index is a device tensor, so
+              one CUDA graph serves all rows.
+  "sdpa"      the same gathered buffer + F.scaled_dot_product_attention with an additive float mask.
+  "flex"      the same buffer in page-aligned blocks + torch.nn.attention.flex_attention with a
+              block mask and a score_mod reading the ADC bias (compiled on CUDA, eager on a CPU).
+"sdpa" and "flex" are what a PyTorch user would write instead; the benchmarks compare them.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from . import adc, ncp, ops
-from .model import dense_attention
-from .sampling import Sampling, guide, sample
+from . import adc, ncp, nvtx, ops
+
+ATTENTION_MODES = ("paged", "gathered", "sdpa", "flex")
 
 
 @dataclass
@@ -84,115 +102,173 @@ def validate_spec(model, spec: TaskSpec):
             raise ValueError(f"known tokens must lie in [0, {V}) for this checkpoint's codebook")
 
 
-@torch.no_grad()
-def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), backend=None,
-        progress: bool = False, pool_dtype=None, attention: str | None = None):
-    """Generate the tokens of `spec`. Returns (tokens [B, T, Hg*p, Wg*p] int64, Stats).
+def _known_tables(spec: TaskSpec, p: int, n: int):
+    """Per step of the order: known tokens and mask [n, P+1] (column P: scratch), and the kind of
+    each step: 2 = given (all P known: prefill), 1 = partly known (decode, forced rows), 0 = free."""
+    P = p * p
+    kinds = np.zeros(n, dtype=np.int8)
+    if spec.known_mask is None:
+        return None, None, kinds
+    known = np.zeros((n, P + 1), dtype=np.int64)
+    mask = np.zeros((n, P + 1), dtype=bool)
+    for i, tyx in enumerate(spec.order[:n]):
+        k, m = patch_known(spec, tyx, p)
+        if m is not None:
+            known[i, :P], mask[i, :P] = k, m
+            kinds[i] = 2 if m.all() else 1
+    return known, mask, kinds
 
-    attention: "paged" calls ops.patch_attention on the pool for every row (the kernels' path);
-    "gathered" copies the patch's context pages out of the pool once per patch and attends to
-    that copy for all P+1 rows (the fast path of the torch backend on a CPU). Default: gathered
-    for the torch backend, paged otherwise.
-    """
+
+@dataclass
+class Prepared:
+    """Everything a run sets up before its patch loop (engine.prepare); benchmarks drive it directly."""
+    sh: object                           # steps.Shared: pool, tables, static buffers
+    step: object                         # steps.PagedStep | steps.StaticStep
+    rows: object                         # steps.GraphedStep: row(s) / prefill(), eager or replayed graphs
+    kinds: np.ndarray                    # [n] int8 per step: 2 given (prefill), 1 partly known, 0 free
+    known_mask: np.ndarray | None        # [n, P+1] bool
+    n: int                               # steps to run (max_patches applied)
+    attention: str
+    backend: str
+    graphs: bool
+    capture_seconds: float
+
+
+@torch.no_grad()
+def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, pool_dtype=None,
+            attention: str | None = None, cuda_graphs: bool | None = None, compile_step: bool = False,
+            max_patches: int | None = None) -> Prepared:
+    """Check the arguments, plan, allocate every buffer and (on CUDA) capture the graphs."""
+    from .sampling import Sampling
+    from .steps import GraphedStep, PagedStep, Shared, StaticStep
+
+    sampling = sampling or Sampling()
     validate_spec(model, spec)
-    cfg, dec = model.cfg, model.decoder
     dev = model.device
-    p, P, L, H, D = cfg.patch, cfg.P, cfg.layers, cfg.heads, cfg.head_dim
     extent = check_extent(model, spec.extent)
     backend = ops.resolve_backend(backend, dev)
     attention = attention or ("gathered" if backend == "torch" else "paged")
-    if attention not in ("paged", "gathered"):
-        raise ValueError(f"attention must be 'paged' or 'gathered', got {attention!r}")
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    n_all = len(spec.order)
+    try:
+        bad = isinstance(max_patches, bool) or (max_patches is not None and
+                                                (int(max_patches) != max_patches or max_patches < 0))
+    except (TypeError, ValueError):
+        bad = True
+    if bad:
+        raise ValueError(f"max_patches must be a whole number >= 0, got {max_patches!r}")
+    n = n_all if max_patches is None else min(int(max_patches), n_all)
+    graphs = dev.type == "cuda" and (cuda_graphs is None or bool(cuda_graphs))
     T, Hg, Wg = spec.grid
     extent = (min(extent[0], T - 1), min(extent[1], Hg - 1), min(extent[2], Wg - 1))  # no always-empty slots
-    B = spec.batch
-    cfg_guided = sampling.guidance != 1.0
-    Bt = 2 * B if cfg_guided else B
-    t0 = time.perf_counter()
 
+    # host-side preparation: the only host -> device copies of the run
     plan = ncp.plan(spec.order, extent, spec.grid)
-    bias = dec.adc_bias[:, adc.bias_rows(extent, cfg.extent), :].float()       # [L, C, H] ADC gather
-    own_rel = adc.rel_index((0, 0, 0), extent)
-    pool = ncp.PagePool(plan.peak_pages, Bt, L, H, P, D, T * Hg * Wg, pool_dtype or dec.start.dtype,
-                        dev, backend=backend)
-    text = model.encode_text(list(spec.prompts) + ([""] * B if cfg_guided else []))
-    cur_ids = torch.tensor([ncp.linear(o, spec.grid) for o in spec.order], dtype=torch.int32, device=dev)
-    freed = torch.full((len(spec.order), max(plan.max_freed, 1)), -1, dtype=torch.int32)
-    for i, f in enumerate(plan.freed):
-        freed[i, :len(f)] = torch.tensor(f, dtype=torch.int32)
-    freed = freed.to(dev)
-    sample_ids = torch.arange(B, device=dev)
-    out = torch.zeros(B, T, Hg * p, Wg * p, dtype=torch.long, device=dev)
-    stats = Stats(patches=len(spec.order), tokens=T * Hg * Wg * P, backend=backend)
+    known, kmask, kinds = _known_tables(spec, model.cfg.patch, n)
+    sh = Shared(model, spec, plan, extent, sampling, seed, backend, pool_dtype, known, kmask, n)
+    step = PagedStep(sh) if attention == "paged" else StaticStep(sh, attention, compile_step=compile_step)
+    rows = GraphedStep(step, graphs)
+    capture_s = rows.prepare(need_prefill=bool((kinds == 2).any()), need_decode=bool((kinds < 2).any()))
+    return Prepared(sh, step, rows, kinds, kmask, n, attention, backend, graphs, capture_s)
 
-    steps = spec.order
+
+@torch.no_grad()
+def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progress: bool = False,
+        pool_dtype=None, attention: str | None = None, cuda_graphs: bool | None = None,
+        compile_step: bool = False, max_patches: int | None = None, sync_debug: str | None = None,
+        patch_times: bool = False):
+    """Generate the tokens of `spec`. Returns (tokens [B, T, Hg*p, Wg*p] int64, Stats).
+
+    attention     "paged" | "gathered" | "sdpa" | "flex" (module docstring). Default: gathered for
+                  the torch backend, paged otherwise.
+    cuda_graphs   capture the per-row decode step and the prefill once and replay them (default:
+                  True on CUDA; ignored on a CPU).
+    compile_step  run the per-row step (and the prefill) through torch.compile (default off: on a
+                  CPU it does not pay, see docs/performance.md). Ignored for "paged".
+    max_patches   stop after this many patches of the order (latency measurements on huge canvases);
+                  tokens of the patches not reached stay 0. Shapes are those of the whole run.
+    sync_debug    "warn" | "error": torch.cuda.set_sync_debug_mode during the patch loop (CUDA only),
+                  to prove the loop never waits for the host.
+    patch_times   record the wall time of every patch in stats.extra["patch_seconds"] (CUDA events
+                  on a GPU, read after the loop).
+    """
+    if sync_debug not in (None, "warn", "error"):
+        raise ValueError(f"sync_debug must be None, 'warn' or 'error', got {sync_debug!r}")
+    t0 = time.perf_counter()
+    g = prepare(model, spec, seed, sampling, backend, pool_dtype, attention, cuda_graphs, compile_step,
+                max_patches)
+    sh, step, rows, kinds, n = g.sh, g.step, g.rows, g.kinds, g.n
+    dev = model.device
+    on_cuda = dev.type == "cuda"
+    p, P, B = model.cfg.patch, model.cfg.P, spec.batch
+    T, Hg, Wg = spec.grid
+
+    stats = Stats(patches=n, tokens=T * Hg * Wg * P, backend=g.backend)
+    free_rows = P - (g.known_mask[:, :P].sum(1) if g.known_mask is not None else np.zeros(n, dtype=np.int64))
+    stats.generated_tokens = int(B * free_rows[kinds < 2].sum())
+
+    events = []
+    loop = range(n)
     if progress:
         from tqdm import tqdm
-        steps = tqdm(steps, desc="patches", unit="patch")
-    for i, (t, y, x) in enumerate(steps):
-        cur = cur_ids[i:i + 1]
-        page_table = pool.select(cur, spec.grid, extent)                 # [Bt, C] int32
-        own = pool.add(cur)                                              # [Bt] int32
-
-        def write(l, k, v, q_start, own=own):
-            m0 = 1 if q_start == 0 else 0                                # row 0 (start) has no key
-            if k.shape[2] > m0:
-                s0 = q_start + m0 - 1
-                pool.pages[own, l, 0, :, s0:s0 + k.shape[2] - m0] = k[:, :, m0:].to(pool.pages.dtype)
-                pool.pages[own, l, 1, :, s0:s0 + k.shape[2] - m0] = v[:, :, m0:].to(pool.pages.dtype)
-
-        def attend_paged(l, q, k, v, q_start, page_table=page_table, own=own):
-            write(l, k, v, q_start)
-            kc, vc = pool.layer_kv(l)
-            layer = dec.layers[l]
-            return ops.patch_attention(q.to(kc.dtype), kc, vc, page_table, own, q_start, bias[l], own_rel,
-                                       layer.null_k.to(kc.dtype), layer.null_v.to(kc.dtype), dec.scale,
-                                       backend=backend).to(q.dtype)
-
-        if attention == "gathered":
-            valid = [c for c, j in enumerate(plan.slots[i]) if j >= 0]   # host-side, from the plan
-            ctx_pages = page_table[:, valid].long()                       # [Bt, n]
-            ctx_bias = bias[:, valid].repeat_interleave(P, dim=1)         # [L, n*P, H]
-            ctx = []
-            for l in range(L):
-                kc, vc = pool.layer_kv(l)
-                ctx.append(tuple(c[ctx_pages].permute(0, 2, 1, 3, 4).reshape(Bt, H, len(valid) * P, D)
-                                 .to(dec.start.dtype) for c in (kc, vc)))  # 2 x [Bt, H, n*P, D]
-
-            def attend_gathered(l, q, k, v, q_start, own=own, ctx=ctx, ctx_bias=ctx_bias):
-                write(l, k, v, q_start)
-                n_own = q_start + q.shape[2] - 1                          # own keys visible to the last row
-                ko = pool.pages[own, l, 0, :, :max(n_own, 0)].to(q.dtype)  # [Bt, H, n_own, D]
-                vo = pool.pages[own, l, 1, :, :max(n_own, 0)].to(q.dtype)
-                layer = dec.layers[l]
-                return dense_attention(q, ko, vo, q_start, ctx[l][0], ctx[l][1], ctx_bias[l], bias[l, own_rel],
-                                       layer.null_k, layer.null_v, dec.scale)
-            attend = attend_gathered
-        else:
-            attend = attend_paged
-
-        known, kmask = patch_known(spec, (t, y, x), p)
-        buf = torch.zeros(Bt, P, dtype=torch.long, device=dev)
-        if kmask is not None and kmask.all():                            # given patch: prefill
-            buf[:] = torch.as_tensor(known, device=dev)
-            dec(buf, 1, P, attend, text, logits=False)
-        else:
-            for s in range(P + 1):
-                logits = dec(buf, s, 1, attend, text, logits=s < P)
-                if s == P:
-                    break
-                lg = guide(logits[:, 0], B, sampling.guidance) if cfg_guided else logits[:, 0]
-                tok = sample(lg, sampling, seed, sample_ids, i, s)       # [B]
-                if kmask is not None and kmask[s]:
-                    tok = torch.full_like(tok, int(known[s]))
+        loop = tqdm(loop, desc="patches", unit="patch")
+    debug = (_sync_debug(sync_debug) if on_cuda and sync_debug else contextlib.nullcontext())
+    with debug:
+        for i in loop:
+            if patch_times:
+                events.append(_mark(on_cuda))
+            t, y, x = spec.order[i]
+            with nvtx.range(f"patch {i} ({t},{y},{x})"):
+                with nvtx.range("select+add+gather"):
+                    step.begin_patch(i)
+                if kinds[i] == 2:
+                    with nvtx.range("prefill"):
+                        rows.prefill()
                 else:
-                    stats.generated_tokens += B
-                buf[:, s] = tok.repeat(Bt // B)
-        out[:, t, y * p:(y + 1) * p, x * p:(x + 1) * p] = buf[:B].view(B, p, p)
-        pool.remove(freed[i])
+                    with nvtx.range("decode"):
+                        for s in range(P + 1):
+                            with nvtx.range(f"row {s}"):
+                                rows.row(s)
+                with nvtx.range("write-back+remove"):
+                    step.end_patch(i)
+                    sh.out[:, t, y * p:(y + 1) * p, x * p:(x + 1) * p] = sh.buf[:B, :P].view(B, p, p)
+                    sh.pool.remove(sh.freed[i])
+        if patch_times:
+            events.append(_mark(on_cuda))
+    if on_cuda:
+        torch.cuda.synchronize(dev)
     stats.seconds = time.perf_counter() - t0
-    stats.peak_pages = int(pool.peak.item())
-    stats.pool_bytes = pool.nbytes
-    stats.extra["pages_left"] = pool.in_use()
-    stats.extra["plan_peak_pages"] = plan.peak_pages
-    return out, stats
+    stats.peak_pages = int(sh.pool.peak.item())
+    stats.pool_bytes = sh.pool.nbytes
+    stats.extra.update(pages_left=sh.pool.in_use(), plan_peak_pages=sh.plan.peak_pages, attention=g.attention,
+                       cuda_graphs=g.graphs, compiled=bool(compile_step and g.attention != "paged"),
+                       staging_bytes=step.staging_bytes, capture_seconds=g.capture_seconds,
+                       patches_total=len(spec.order))
+    if patch_times:
+        stats.extra["patch_seconds"] = _elapsed(events, on_cuda)
+    return sh.out, stats
+
+
+def _mark(on_cuda):
+    if on_cuda:
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+    return time.perf_counter()
+
+
+def _elapsed(marks, on_cuda):
+    if on_cuda:
+        return [a.elapsed_time(b) * 1e-3 for a, b in zip(marks, marks[1:])]
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+@contextlib.contextmanager
+def _sync_debug(mode):
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(old)

@@ -24,3 +24,6 @@ import nuwa_fast  # noqa: E402
 
 if importlib.util.find_spec("nuwa_fast.kernels") is None:     # not installed: map kernels/ by hand
     nuwa_fast.__path__.append(ROOT)
+
+# Test shapes are tiny: one thread avoids OpenMP oversubscription on shared CI cores.
+torch.set_num_threads(1)

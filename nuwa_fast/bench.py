@@ -1,0 +1,501 @@
+"""`nuwa-fast bench`: end-to-end engine benchmarks (also benchmarks/bench_engine.py).
+
+    nuwa-fast bench --quick                  # CI-sized (< 2 min on one CPU core)
+    nuwa-fast bench                          # the full tables (CPU: several minutes on one core)
+    nuwa-fast bench --device cuda            # GPU (time-boxed by --budget-s, 60 s by default there)
+
+Sections (--sections, comma-separated; default all):
+  memory     peak NCP pages and bytes from ncp.plan, every order x canvas 4x4 .. 64x64 and a 1x512
+             strip, a height sweep and a width sweep for "down", and a full-context KV cache
+  latency    steady-state per-patch latency as the canvas grows, every order (method below)
+  fullctx    the same per-patch latency for a full-context KV cache (method below)
+  modes      one generation with every attention mode (gathered, sdpa, flex, paged; + compiled):
+             tokens/s, patches/s, same tokens as the oracle
+  oracle     engine vs the naive oracle: tokens/s at 512x512 (8x8 patches, both to completion) and at
+             16x16 patches (both on the first patches of the order), batch 1 and a larger batch
+  e2e        end-to-end tokens/s and patches/s of the default engine, batch 1 and a larger batch
+
+Latency method: to measure a patch whose context is full (steady state) without generating everything
+before it, the first `ff` patches of the order are *given* (random known tokens, prefilled in one pass
+each), where ff is the first step of ncp.plan at which the context holds the plan's maximum number of
+pages; then k patches are decoded (max_patches = ff + k) and the median of their wall times (CUDA
+events on a GPU) is the latency. The engine's step has fixed shapes (context padded to the plan's
+maximum), so a decoded patch costs the same wherever it is; the fast-forward only makes that visibly so.
+
+Full-context KV cache (what a plain transformer would do): a random model of the same width, layers
+and heads whose trained extent covers the whole canvas, (0, Hg-1, Wg-1). Every earlier patch is then
+in the context of every patch and no page is freed before the end: memory = all N pages, and the cost
+of a patch grows with the number of patches before it. Latency: the last k patches of the canvas after
+prefilling the N-k before them (the same fast-forward), so the context holds N-k..N-1 pages.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import torch
+
+ORDERS = ("down", "right", "up", "left", "outward")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- helpers -------------------------------------------------------------------------------------------
+def git_rev():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:                                                   # noqa: BLE001
+        return "unknown"
+
+
+def env_info(device):
+    info = dict(device=device_name(device), torch=torch.__version__, git=git_rev(), python=platform.python_version(),
+                threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except Exception:                                                   # noqa: BLE001
+        info["triton"] = None
+    if device.type == "cpu":
+        info["cpu"] = _cpu_model()
+        if hasattr(os, "getloadavg"):
+            info["loadavg_start"] = os.getloadavg()
+    return info
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def table(title, rows, cols):
+    """Print rows (dicts) as a fixed-width table: cols = [(key, header, fmt)]."""
+    print(f"\n{title}")
+    w = [max(len(h), *(len(_fmt(r.get(k), f)) for r in rows)) if rows else len(h) for k, h, f in cols]
+    print("  " + "  ".join(h.rjust(n) for (_, h, _), n in zip(cols, w)))
+    for r in rows:
+        print("  " + "  ".join(_fmt(r.get(k), f).rjust(n) for (k, _, f), n in zip(cols, w)))
+
+
+def _fmt(v, f):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return format(v, f)
+
+
+def mib(b):
+    return b / 2 ** 20
+
+
+def page_bytes(cfg, dtype_size=4):
+    """One logical page for one sample: all layers, K and V, P tokens."""
+    return cfg.layers * 2 * cfg.heads * cfg.P * cfg.head_dim * dtype_size
+
+
+def grid_extent(cfg, grid):
+    T, H, W = grid
+    e = cfg.extent
+    return (min(e[0], T - 1), min(e[1], H - 1), min(e[2], W - 1))
+
+
+def spec_for(cfg, grid, order="down", batch=1, given=0, seed=0):
+    """A TaskSpec; the first `given` patches of the order get random known tokens (prefilled)."""
+    from nuwa_fast import adc
+    from nuwa_fast.engine import TaskSpec
+    o = adc.order(order, grid)
+    known = mask = None
+    if given:
+        p = cfg.patch
+        T, H, W = grid
+        known = np.random.default_rng(seed).integers(0, cfg.vq.codebook_size, (T, H * p, W * p))
+        mask = np.zeros(known.shape, dtype=bool)
+        for t, y, x in o[:given]:
+            mask[t, y * p:(y + 1) * p, x * p:(x + 1) * p] = True
+    return TaskSpec(grid=grid, order=o, prompts=[""] * batch, known=known, known_mask=mask)
+
+
+def steady_start(cfg, grid, order):
+    """First step of the order whose context holds the plan's maximum number of pages."""
+    from nuwa_fast import adc, ncp
+    plan = ncp.plan(adc.order(order, grid), grid_extent(cfg, grid), grid)
+    filled = [sum(j >= 0 for j in s) for s in plan.slots]
+    return filled.index(max(filled)), plan
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Budget:
+    def __init__(self, seconds):
+        self.t0, self.seconds = time.perf_counter(), seconds
+
+    def left(self):
+        return float("inf") if self.seconds is None else self.seconds - (time.perf_counter() - self.t0)
+
+
+# ---- sections ------------------------------------------------------------------------------------------
+def sec_memory(model, args, out):
+    """Peak pages from ncp.plan (no generation)."""
+    from nuwa_fast import adc, ncp
+    cfg = model.cfg
+    pb = page_bytes(cfg, torch.finfo(model.decoder.start.dtype).bits // 8)
+    canvases = [(4, 4), (8, 8), (16, 16), (64, 64), (1, 512)] if args.quick else \
+        [(4, 4), (8, 8), (16, 16), (32, 32), (64, 64), (1, 512)]
+    rows = []
+    for h, w in canvases:
+        grid = (1, h, w)
+        for order in ORDERS:
+            ext = grid_extent(cfg, grid)
+            plan = ncp.plan(adc.order(order, grid), ext, grid)
+            rows.append(dict(canvas=f"{h}x{w}", order=order, patches=h * w, peak_pages=plan.peak_pages,
+                             pool_mib=mib(plan.peak_pages * pb), full_ctx_pages=h * w,
+                             full_ctx_mib=mib(h * w * pb)))
+    table(f"Peak NCP pages (ncp.plan, extent {cfg.extent} clamped to the canvas; 1 sample, "
+          f"{pb / 2 ** 10:.0f} KiB/page) vs a full-context KV cache (every patch kept)", rows,
+          [("canvas", "canvas", ""), ("order", "order", ""), ("patches", "patches", "d"),
+           ("peak_pages", "NCP pages", "d"), ("pool_mib", "NCP MiB", ".1f"), ("full_ctx_pages", "full pages", "d"),
+           ("full_ctx_mib", "full MiB", ".1f")])
+    sweep = []
+    sizes = [4, 16, 64, 256]
+    for fixed, axis in ((16, "height"), (16, "width")):
+        for v in sizes:
+            h, w = (v, fixed) if axis == "height" else (fixed, v)
+            grid = (1, h, w)
+            plan = ncp.plan(adc.order("down", grid), grid_extent(cfg, grid), grid)
+            sweep.append(dict(sweep=axis, canvas=f"{h}x{w}", peak_pages=plan.peak_pages,
+                              pool_mib=mib(plan.peak_pages * pb)))
+    table('"down": peak pages vs height (width 16) and vs width (height 16)', sweep,
+          [("sweep", "sweep", ""), ("canvas", "canvas", ""), ("peak_pages", "pages", "d"), ("pool_mib", "MiB", ".1f")])
+    out["memory"] = dict(page_bytes=pb, rows=rows, down_sweep=sweep)
+
+
+def measure_latency(model, grid, order, k, args, budget=None, full_context=False, **run_kw):
+    """Median decode wall time of k steady-state patches (module docstring). Returns a dict."""
+    from nuwa_fast import engine
+    cfg = model.cfg
+    N = grid[0] * grid[1] * grid[2]
+    if full_context:
+        ff = max(N - k, 0)
+        plan_pages = N
+    else:
+        ff, plan = steady_start(cfg, grid, order)
+        ff = min(ff, max(N - k, 0))
+        plan_pages = plan.peak_pages
+    spec = spec_for(cfg, grid, order, batch=args.batch, given=ff)
+    t0 = time.perf_counter()
+    _, st = engine.run(model, spec, seed=0, max_patches=min(ff + k, N), patch_times=True, **run_kw)
+    times = st.extra["patch_seconds"][ff:]
+    row = dict(canvas=f"{grid[1]}x{grid[2]}" + (f"x{grid[0]}f" if grid[0] > 1 else ""), order=order,
+               patches=N, fast_forward=ff, measured=len(times), peak_pages=plan_pages,
+               latency_ms=1e3 * statistics.median(times) if times else None,
+               spread_ms=(1e3 * min(times), 1e3 * max(times)) if times else None,
+               pool_mib=mib(st.pool_bytes), staging_mib=mib(st.extra["staging_bytes"]),
+               run_s=time.perf_counter() - t0, attention=st.extra["attention"])
+    if model.device.type == "cuda":
+        row["max_allocated_mib"] = mib(torch.cuda.max_memory_allocated(model.device))
+    return row
+
+
+def sec_latency(model, args, out):
+    """Every (canvas, order) cell, in `rounds` interleaved rounds (the machine's load drifts over minutes,
+    so a ratio is taken between cells of the same round); per cell the median over rounds."""
+    if args.quick:
+        canvases, orders, k, rounds = [(4, 4), (64, 64)], ["down"], 3, 1
+    else:
+        canvases = [(4, 4), (8, 8), (16, 16), (32, 32), (64, 64), (1, 512)]
+        orders, k, rounds = list(ORDERS), 4, 3
+    cells = {}
+    for r in range(rounds):
+        for order in orders:
+            for h, w in canvases:
+                if _out_of_time(args):
+                    break
+                row = measure_latency(model, (1, h, w), order, k, args, attention=args.attention,
+                                      cuda_graphs=args.cuda_graphs)
+                _print_last(row)
+                cells.setdefault((row["canvas"], order), []).append(row)
+    rows = []
+    for (canvas, order), runs in cells.items():
+        row = dict(runs[-1])
+        lat = [x["latency_ms"] for x in runs if x["latency_ms"]]
+        row.update(latency_ms=statistics.median(lat) if lat else None, rounds_ms=lat)
+        base = cells.get(("4x4", order), [])
+        ratios = [x["latency_ms"] / b["latency_ms"] for x, b in zip(runs, base) if x["latency_ms"] and b["latency_ms"]]
+        row["vs_4x4"] = statistics.median(ratios) if ratios else None
+        row.pop("run_s", None)
+        rows.append(row)
+    table(f"Steady-state per-patch latency (batch {args.batch}, {rows[0]['attention'] if rows else ''}; median "
+          f"of k decoded patches after prefilling ff; median of {rounds} interleaved rounds; vs 4x4: median of "
+          f"same-round ratios)", rows,
+          [("canvas", "canvas", ""), ("order", "order", ""), ("fast_forward", "ff", "d"), ("measured", "k", "d"),
+           ("latency_ms", "ms/patch", ".1f"), ("vs_4x4", "vs 4x4", ".2f"), ("peak_pages", "pages", "d"),
+           ("pool_mib", "pool MiB", ".1f"), ("staging_mib", "staging MiB", ".1f")])
+    out["latency"] = rows
+
+
+def sec_fullctx(model, args, out):
+    import nuwa_fast
+    sizes = [2, 4] if args.quick else [2, 4, 8, 16]
+    k = 2 if args.quick else 3
+    rows = []
+    for s in sizes:
+        if _out_of_time(args):
+            break
+        grid = (1, s, s)
+        cfg = dataclasses.replace(model.cfg, extent=(0, s - 1, s - 1), name="full-context")
+        full = nuwa_fast.load(cfg, device=model.device)
+        r = measure_latency(full, grid, "down", k, args, full_context=True, attention=args.attention,
+                            cuda_graphs=args.cuda_graphs)
+        r["kind"] = "full-context"
+        rows.append(r)
+        _print_last(r)
+        ours = measure_latency(model, grid, "down", k, args, attention=args.attention, cuda_graphs=args.cuda_graphs)
+        ours["kind"] = "NCP"
+        rows.append(ours)
+        _print_last(ours)
+        del full
+    table("Full-context KV cache (extent = whole canvas, last k patches) vs NCP, \"down\"", rows,
+          [("kind", "cache", ""), ("canvas", "canvas", ""), ("peak_pages", "pages", "d"),
+           ("latency_ms", "ms/patch", ".1f"), ("pool_mib", "pool MiB", ".1f"), ("staging_mib", "staging MiB", ".1f")])
+    out["full_context"] = rows
+
+
+def _gen(model, grid, batch, oracle=False, max_patches=None, seed=0, **kw):
+    """Generate `grid` (no given patches); returns (tokens, seconds, generated tokens, patches)."""
+    from nuwa_fast import engine
+    from nuwa_fast import oracle as orc
+    spec = spec_for(model.cfg, grid, "down", batch=batch)
+    if oracle:
+        if max_patches is not None:
+            spec.order = spec.order[:max_patches]        # the oracle on a prefix of the order
+        tok, st = orc.run(model, spec, seed=seed)
+    else:
+        tok, st = engine.run(model, spec, seed=seed, max_patches=max_patches, **kw)
+    return tok, st
+
+
+def _rate(st):
+    return dict(seconds=st.seconds, patches=st.patches, tokens=st.generated_tokens,
+                tokens_per_s=st.generated_tokens / st.seconds, patches_per_s=st.patches / st.seconds,
+                ms_per_patch=1e3 * st.seconds / max(st.patches, 1))
+
+
+def sec_modes(model, args, out):
+    on_gpu = model.device.type == "cuda"
+    grid = (1, 2, 2) if args.quick else (1, 4, 4)
+    ref, rst = (None, None)
+    if not on_gpu or not args.quick:
+        ref, rst = _gen(model, grid, args.batch, oracle=True)
+    from nuwa_fast import ops
+    variants = [("gathered", {}), ("sdpa", {}), ("flex", {})]
+    variants += [(f"paged/{b}", {"backend": b}) for b in ops.available_backends()
+                 if on_gpu or b == "torch"]
+    if _compile_on(args, model):
+        variants.append(("gathered+compile", {"compile_step": True}))
+        variants.append(("sdpa+compile", {"compile_step": True}))
+    rows = []
+    if rst is not None:
+        rows.append(dict(mode="oracle", **_rate(rst), same_as_oracle="-"))
+    for name, kw in variants:
+        if _out_of_time(args):
+            break
+        mode = name.split("/")[0].split("+")[0]
+        try:
+            if kw.get("compile_step"):                   # compile outside the timing, same shapes
+                t0 = time.perf_counter()
+                _gen(model, grid, args.batch, attention=mode, max_patches=1, **kw)
+                compile_s = time.perf_counter() - t0
+            else:
+                _gen(model, (1, 1, 1), args.batch, attention=mode, cuda_graphs=args.cuda_graphs, **kw)  # warm up
+                compile_s = None
+            tok, st = _gen(model, grid, args.batch, attention=mode, cuda_graphs=args.cuda_graphs, **kw)
+            row = dict(mode=name, **_rate(st), compile_s=compile_s,
+                       same_as_oracle=None if ref is None else bool(torch.equal(tok.cpu(), ref.cpu())))
+        except Exception as e:                                          # noqa: BLE001
+            row = dict(mode=name, error=f"{type(e).__name__}: {str(e)[:200]}")
+        rows.append(row)
+        _print_last(row)
+    table(f"Attention modes, {grid[1]}x{grid[2]} patches, batch {args.batch} (tiny preset)", rows,
+          [("mode", "mode", ""), ("tokens_per_s", "tokens/s", ".0f"), ("patches_per_s", "patches/s", ".2f"),
+           ("ms_per_patch", "ms/patch", ".1f"), ("compile_s", "compile s", ".0f"), ("same_as_oracle", "= oracle", "")])
+    out["modes"] = rows
+
+
+def sec_oracle(model, args, out):
+    """Issue-2 measurement and the 20x target: engine vs oracle tokens/s."""
+    rows = []
+    cases = [((1, 2, 2), 1, None, None)] if args.quick else \
+        [((1, 8, 8), 1, None, None),                 # 512x512 at f=8, p=8: both to completion
+         ((1, 16, 16), 1, 32, 4),                    # first 32 (engine) / 4 (oracle) patches of the order
+         ((1, 16, 16), args.big_batch, 8, 1),
+         ((1, 16, 16), 4 * args.big_batch, 4, 1)]
+    for grid, batch, n_engine, n_oracle in cases:
+        if _out_of_time(args):
+            break
+        _gen(model, (1, 1, 1), batch, attention=args.attention)             # warm up
+        _, est = _gen(model, grid, batch, max_patches=n_engine, attention=args.attention, cuda_graphs=args.cuda_graphs)
+        _, ost = _gen(model, grid, batch, oracle=True, max_patches=n_oracle)
+        e, o = _rate(est), _rate(ost)
+        row = dict(canvas=f"{grid[1]}x{grid[2]}", pixels=f"{grid[1] * model.cfg.patch_pixels}x"
+                   f"{grid[2] * model.cfg.patch_pixels}", batch=batch, engine_patches=e["patches"],
+                   oracle_patches=o["patches"], engine_tok_s=e["tokens_per_s"], oracle_tok_s=o["tokens_per_s"],
+                   speedup=e["tokens_per_s"] / o["tokens_per_s"], engine_ms_patch=e["ms_per_patch"],
+                   oracle_ms_patch=o["ms_per_patch"])
+        if _compile_on(args, model) and batch == 1:     # the compiled step, compiled outside the timing
+            _gen(model, grid, batch, max_patches=1, compile_step=True, attention=args.attention)
+            _, cst = _gen(model, grid, batch, max_patches=n_engine, compile_step=True, attention=args.attention)
+            c = _rate(cst)
+            row.update(compiled_tok_s=c["tokens_per_s"], compiled_speedup=c["tokens_per_s"] / o["tokens_per_s"])
+        rows.append(row)
+        _print_last(row)
+    table("Engine vs naive oracle, tokens/s (oracle on a prefix of the order where patches < canvas)", rows,
+          [("canvas", "patches", ""), ("pixels", "pixels", ""), ("batch", "B", "d"),
+           ("engine_patches", "eng n", "d"), ("oracle_patches", "orc n", "d"),
+           ("engine_tok_s", "engine tok/s", ".0f"), ("oracle_tok_s", "oracle tok/s", ".1f"),
+           ("speedup", "speed-up", ".1f"), ("engine_ms_patch", "eng ms/patch", ".0f"),
+           ("oracle_ms_patch", "orc ms/patch", ".0f"), ("compiled_tok_s", "compiled tok/s", ".0f"),
+           ("compiled_speedup", "compiled speed-up", ".1f")])
+    out["oracle"] = rows
+
+
+def sec_e2e(model, args, out):
+    grids = [(1, 2, 2)] if args.quick else [(1, 4, 4), (1, 8, 8)]
+    batches = [1, args.big_batch] if not args.quick else [1, 4]
+    rows = []
+    for grid in grids:
+        for b in batches:
+            if _out_of_time(args):
+                break
+            _gen(model, (1, 1, 1), b, attention=args.attention, cuda_graphs=args.cuda_graphs)
+            _, st = _gen(model, grid, b, attention=args.attention, cuda_graphs=args.cuda_graphs)
+            row = dict(canvas=f"{grid[1]}x{grid[2]}", batch=b, **_rate(st), peak_pages=st.peak_pages,
+                       pool_mib=mib(st.pool_bytes), capture_s=st.extra["capture_seconds"])
+            rows.append(row)
+            _print_last(row)
+    table(f"End to end ({args.attention or 'default'} attention): whole canvas, all samples", rows,
+          [("canvas", "patches", ""), ("batch", "B", "d"), ("tokens_per_s", "tokens/s", ".0f"),
+           ("patches_per_s", "patches/s", ".2f"), ("seconds", "s", ".1f"), ("peak_pages", "pages", "d"),
+           ("pool_mib", "pool MiB", ".1f"), ("capture_s", "graph capture s", ".2f")])
+    out["e2e"] = rows
+
+
+SECTIONS = {"memory": sec_memory, "e2e": sec_e2e, "latency": sec_latency, "modes": sec_modes,
+            "oracle": sec_oracle, "fullctx": sec_fullctx}
+DEFAULT_ORDER = ("memory", "e2e", "latency", "modes", "oracle", "fullctx")
+
+
+def _compile_on(args, model):
+    return args.compile == "on" or (args.compile == "auto" and not args.quick and model.device.type == "cpu")
+
+
+def _out_of_time(args):
+    left = args.budget.left()
+    if left <= 0:
+        print(f"  (budget of {args.budget_s:.0f} s spent: skipping the rest)")
+        return True
+    return False
+
+
+def _print_last(row):
+    if os.environ.get("NUWA_FAST_BENCH_VERBOSE"):
+        print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="nuwa-fast bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI-sized run (< 2 min on one CPU core)")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    ap.add_argument("--checkpoint", "-c", default="tiny", help="checkpoint path or preset (default tiny)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads; default 1)")
+    ap.add_argument("--batch", type=int, default=1, help="samples per call for latency/modes (default 1)")
+    ap.add_argument("--big-batch", type=int, default=16, help="the larger batch of e2e/oracle (default 16)")
+    ap.add_argument("--attention", default=None, help="engine attention mode (default: the engine's)")
+    ap.add_argument("--cuda-graphs", choices=("on", "off"), default="on")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="a torch.compile row in `modes` (auto: full CPU runs; compiling takes 10-60 s)")
+    ap.add_argument("--sections", default=",".join(DEFAULT_ORDER), help=f"subset of {','.join(DEFAULT_ORDER)}")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="stop starting new measurements after this many seconds (default: none on a CPU, 60 on a GPU)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/engine_<device>.json)")
+    return ap
+
+
+def main(argv=None) -> int:
+    argv = list(argv) if argv is not None else None
+    if argv and argv[0] == "--":              # `nuwa-fast bench -- --quick` (see docs/performance.md)
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, args.threads))
+    if args.budget_s is None and device.type == "cuda":
+        args.budget_s = 60.0
+    args.budget = Budget(args.budget_s)
+    args.cuda_graphs = args.cuda_graphs == "on"
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"unknown sections {sorted(unknown)}; choose from {sorted(SECTIONS)}")
+    import nuwa_fast
+    model = nuwa_fast.load(args.checkpoint, device=device)
+    info = env_info(device)
+    info.update(checkpoint=args.checkpoint, preset=model.cfg.name, quick=args.quick, batch=args.batch,
+                big_batch=args.big_batch, attention=args.attention, cuda_graphs=args.cuda_graphs,
+                config=json.loads(model.cfg.to_json()))
+    name = info["device"].replace(" ", "_")
+    path = args.out or os.path.join(ROOT, "benchmarks", "results", f"engine_{name}.json")
+    print(f"nuwa-fast bench | {info['device']} | torch {info['torch']} | triton {info['triton']} | git {info['git']} | "
+          f"threads {info['threads']} | preset {model.cfg.name} | {'quick' if args.quick else 'full'}")
+    result = dict(info)
+    t0 = time.perf_counter()
+    for s in [s for s in DEFAULT_ORDER if s in sections]:
+        if _out_of_time(args):
+            result.setdefault("skipped", []).append(s)
+            continue
+        ts = time.perf_counter()
+        try:
+            SECTIONS[s](model, args, result)
+        except Exception as e:                                          # noqa: BLE001
+            result[s + "_error"] = f"{type(e).__name__}: {e}"[:500]
+            print(f"\n[{s}] failed: {result[s + '_error']}")
+        result.setdefault("section_seconds", {})[s] = time.perf_counter() - ts
+        _write(path, result)                         # after every section: a timeout still leaves results
+    result["total_seconds"] = time.perf_counter() - t0
+    if device.type == "cpu" and hasattr(os, "getloadavg"):
+        result["loadavg_end"] = os.getloadavg()
+    _write(path, result)
+    print(f"\nwrote {path} ({result['total_seconds']:.0f} s)")
+    return 0
+
+
+def _write(path, result):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

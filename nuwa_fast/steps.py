@@ -1,0 +1,449 @@
+"""The engine's static state and its two fixed-shape functions: the per-row decode step and the prefill.
+
+Shared      buffers every mode uses: the page pool and its device tables, the text keys/values, the
+            token buffer of the current patch, the step/row indices as device tensors, the known
+            tokens of every step. Built once per run, before the loop (the run's only host -> device
+            copies).
+PagedStep   "paged": each row writes its keys/values into its own page in place and calls
+            ops.patch_attention on the pool (q_start is an int there, so one function per row index).
+StaticStep  "gathered" / "sdpa" / "flex": once per patch the selected context pages are copied out of
+            the pool into a static key/value buffer; every row then reads it with the row index as a
+            device tensor (one function for all rows), and the own keys are written back to the pool
+            after the patch.
+GraphedStep runs either step eagerly, or, on CUDA, warms each function up once and captures it as a
+            CUDA graph before the loop; the loop then only replays.
+
+Nothing here reads a device value on the host: no .item(), no tensor-valued Python indexing, no
+boolean masks (index_select / index_copy_ / torch.where with device indices only).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from . import adc, ncp, nvtx, ops
+from .sampling import guide, sample
+
+NEG_INF = float("-inf")
+
+
+def _op_range(name):
+    """Per-op profiler range, only in eager code (not while torch.compile traces)."""
+    if nvtx.enabled() and not torch.compiler.is_compiling():
+        return nvtx.range(name)
+    return contextlib.nullcontext()
+
+
+class Shared:
+    def __init__(self, model, spec, plan, extent, sampling, seed, backend, pool_dtype, known, kmask, n):
+        cfg, dec = model.cfg, model.decoder
+        dev = model.device
+        self.dec, self.dev, self.spec, self.plan, self.extent, self.n = dec, dev, spec, plan, extent, n
+        self.p, self.P, self.L, self.H, self.D = cfg.patch, cfg.P, cfg.layers, cfg.heads, cfg.head_dim
+        self.B = spec.batch
+        self.guided = sampling.guidance != 1.0
+        self.Bt = 2 * self.B if self.guided else self.B
+        self.sampling, self.seed, self.backend = sampling, seed, backend
+        T, Hg, Wg = spec.grid
+        P, Bt = self.P, self.Bt
+        self.bias = dec.adc_bias[:, adc.bias_rows(extent, cfg.extent), :].float()    # [L, C, H] ADC gather
+        self.C = self.bias.shape[1]
+        self.own_rel = adc.rel_index((0, 0, 0), extent)
+        self.pool = ncp.PagePool(plan.peak_pages, Bt, self.L, self.H, P, self.D, T * Hg * Wg,
+                                 pool_dtype or dec.start.dtype, dev, backend=backend)
+        self.text = model.encode_text(list(spec.prompts) + ([""] * self.B if self.guided else []))
+        self.cur_ids = torch.tensor([ncp.linear(o, spec.grid) for o in spec.order[:n]], dtype=torch.int32,
+                                    device=dev)                                          # [n]
+        freed = torch.full((max(n, 1), max(plan.max_freed, 1)), -1, dtype=torch.int32)
+        for i, f in enumerate(plan.freed[:n]):
+            freed[i, :len(f)] = torch.tensor(f, dtype=torch.int32)
+        self.freed = freed.to(dev)                                                       # [n, F]
+        self.sample_ids = torch.arange(self.B, device=dev)
+        self.out = torch.zeros(self.B, T, Hg * self.p, Wg * self.p, dtype=torch.long, device=dev)
+        # static per-patch state, read by the captured functions
+        self.buf = torch.zeros(Bt, P + 1, dtype=torch.long, device=dev)   # tokens; column P is scratch
+        self.step_t = torch.zeros((), dtype=torch.long, device=dev)       # index of the patch in the order
+        self.row_t = torch.zeros((), dtype=torch.long, device=dev)        # current row (static modes)
+        self.rows_t = torch.arange(P + 1, device=dev)                     # rows_t[s]: row s as a device scalar
+        self.page_table = torch.full((Bt, self.C), -1, dtype=torch.int32, device=dev)   # [Bt, C]
+        self.own = torch.arange(Bt, dtype=torch.int32, device=dev)        # [Bt] own physical pages
+        self.known = self.kmask = None
+        if known is not None:
+            self.known = torch.from_numpy(known).to(dev)                  # [n, P+1]
+            self.kmask = torch.from_numpy(kmask).to(dev)
+            self.known_row = torch.zeros(P + 1, dtype=torch.long, device=dev)
+            self.kmask_row = torch.zeros(P + 1, dtype=torch.bool, device=dev)
+
+    def begin_patch(self, i):
+        cur = self.cur_ids[i:i + 1]
+        ops.ncp_select(self.pool.page_index, cur, self.spec.grid, self.extent, self.Bt, out=self.page_table,
+                       backend=self.backend)
+        self.own.copy_(self.pool.add(cur))
+        self.step_t.fill_(i)
+        if self.known is not None:
+            self.known_row.copy_(self.known[i])
+            self.kmask_row.copy_(self.kmask[i])
+
+    def pick(self, logits, row):
+        """Sample row `row` (device scalar) from logits [Bt, V], force known tokens, write the buffer."""
+        with _op_range("sample"):
+            lg = guide(logits, self.B, self.sampling.guidance) if self.guided else logits
+            tok = sample(lg, self.sampling, self.seed, self.sample_ids, self.step_t, row)       # [B]
+            r = row.view(1)
+            if self.known is not None:
+                tok = torch.where(self.kmask_row.index_select(0, r), self.known_row.index_select(0, r), tok)
+            self.buf.index_copy_(1, r, tok.repeat(self.Bt // self.B)[:, None])
+
+    def load_known_patch(self):
+        self.buf[:, :self.P].copy_(self.known_row[:self.P].expand(self.Bt, self.P))
+
+
+class PagedStep:
+    """Every row: write k/v into the own page in place, ops.patch_attention over the pool."""
+    per_row = True
+
+    def __init__(self, sh: Shared):
+        self.sh = sh
+        self.staging_bytes = 0
+
+    def begin_patch(self, i):
+        self.sh.begin_patch(i)
+
+    def end_patch(self, i):
+        pass
+
+    def _attend(self, l, q, k, v, q_start):
+        sh = self.sh
+        pages, own = sh.pool.pages, sh.own.long()
+        m0 = 1 if q_start == 0 else 0                                    # row 0 (start) has no key
+        if k.shape[2] > m0:
+            s0 = q_start + m0 - 1
+            pages[own, l, 0, :, s0:s0 + k.shape[2] - m0] = k[:, :, m0:].to(pages.dtype)
+            pages[own, l, 1, :, s0:s0 + k.shape[2] - m0] = v[:, :, m0:].to(pages.dtype)
+        kc, vc = sh.pool.layer_kv(l)
+        layer = sh.dec.layers[l]
+        with _op_range(f"patch_attention L{l}"):
+            return ops.patch_attention(q.to(kc.dtype), kc, vc, sh.page_table, sh.own, q_start, sh.bias[l],
+                                       sh.own_rel, layer.null_k.to(kc.dtype), layer.null_v.to(kc.dtype),
+                                       sh.dec.scale, backend=sh.backend).to(q.dtype)
+
+    def row_fn(self, s: int):
+        sh = self.sh
+        logits = sh.dec(sh.buf, s, 1, self._attend, sh.text, logits=s < sh.P)
+        if s < sh.P:
+            sh.pick(logits[:, 0], sh.rows_t[s])
+
+    def prefill_fn(self):
+        sh = self.sh
+        sh.load_known_patch()
+        sh.dec(sh.buf, 1, sh.P, self._attend, sh.text, logits=False)
+
+
+class StaticStep:
+    """Gathered context in a static [context | own | null] key/value buffer; one function for all rows.
+
+    Buffer layout per layer (K and V alike); a page takes Pb key positions (Pb = P; flex: P rounded up
+    to 16, the smallest block FlexAttention's kernels take, the tail masked):
+        [0, nc)                nc = n_max * Pb: the context pages, the valid slots of the step first
+                               (slot order), then padding (zero keys, bias -inf). n_max = the most
+                               context pages any step of the plan has, so the shapes never change.
+        [own_off, +Pb)         the own page: row s writes key s-1 in place; causal mask in the bias
+        [null_off, Ntot)       the null key (1 position; flex: one page block, so blocks stay aligned)
+    kbias [L, H, Ntot] fp32 holds the ADC bias of every key (-inf = not visible). Nothing ever writes
+    the padding positions, so they stay zero keys with bias -inf.
+    """
+    per_row = False
+
+    def __init__(self, sh: Shared, mode: str, compile_step: bool = False):
+        self.sh, self.mode = sh, mode
+        dec, dev = sh.dec, sh.dev
+        L, H, D, P, Bt = sh.L, sh.H, sh.D, sh.P, sh.Bt
+        slots = [[c for c, j in enumerate(row) if j >= 0] for row in sh.plan.slots]
+        self.n_max = max((len(s) for s in slots), default=0)   # whole plan: max_patches keeps the shapes
+        slots = slots[:sh.n]
+        pad = sh.own_rel                           # the own slot is empty at select time (select runs before add)
+        idx = [s + [pad] * (self.n_max - len(s)) for s in slots]
+        self.slot_idx = torch.tensor(idx, dtype=torch.long, device=dev).view(len(idx), self.n_max)   # [n, n_max]
+        self.Pb = Pb = -(-P // 16) * 16 if mode == "flex" else P
+        self.nc = self.n_max * Pb
+        self.own_off, self.null_off = self.nc, self.nc + Pb
+        self.Ntot = self.null_off + (Pb if mode == "flex" else 1)
+        dtype = dec.start.dtype
+        # one tensor per layer and K/V (not views of one): torch.compile then mutates them in place
+        self.kv = [tuple(torch.zeros(Bt, H, self.Ntot, D, dtype=dtype, device=dev) for _ in range(2))
+                   for _ in range(L)]                                                  # L x 2 x [Bt, H, Ntot, D]
+        for lay, (K, V) in zip(dec.layers, self.kv):
+            K[:, :, self.null_off] = lay.null_k.to(dtype)
+            V[:, :, self.null_off] = lay.null_v.to(dtype)
+        self.own_b = sh.bias[:, sh.own_rel, :].contiguous()                           # [L, H]
+        self.kbias = torch.full((L, H, self.Ntot), NEG_INF, device=dev)
+        self.kbias[:, :, self.own_off:self.own_off + P] = self.own_b[:, :, None]
+        self.kbias[:, :, self.null_off] = 0.0
+        vis = torch.arange(P, device=dev)[None, :] < torch.arange(P + 1, device=dev)[:, None]
+        self.causal = torch.zeros(P + 1, P, device=dev).masked_fill(~vis, NEG_INF)      # [P+1, P] row s: keys < s
+        cfg = dec.cfg
+        self.pos = (dec.pos_y[:, None, :] + dec.pos_x[None, :, :]).reshape(cfg.patch * cfg.patch, -1)  # [P, W]
+        self.lin = _row_linears(dec, transpose=dev.type == "cpu")
+        self.staging_bytes = 2 * L * self.kv[0][0].numel() * self.kv[0][0].element_size() + self.kbias.numel() * 4
+        if mode == "flex":
+            self._init_flex()
+        if compile_step:               # automatic dynamic: one recompile per new shape or seed, then general
+            self._row = torch.compile(self._row)
+            self._prefill = torch.compile(self._prefill)
+
+    # ---- per patch (eager: a handful of launches) ------------------------------------------------------
+    def begin_patch(self, i):
+        sh = self.sh
+        sh.begin_patch(i)
+        if not self.n_max:
+            return
+        L, H, D, P, Pb, Bt, n = sh.L, sh.H, sh.D, sh.P, self.Pb, sh.Bt, self.n_max
+        idx = self.slot_idx[i]                                                         # [n]
+        pages = sh.page_table.index_select(1, idx)                                     # [Bt, n] int32
+        valid = pages[0] >= 0                                                          # [n], same for every sample
+        src = sh.pool.pages.index_select(0, pages.clamp(min=0).view(-1).long())        # [Bt*n, L, 2, H, P, D]
+        src = src.view(Bt, n, L, 2, H, P, D).permute(2, 3, 0, 4, 1, 5, 6)              # [L, 2, Bt, H, n, P, D]
+        for l in range(L):
+            for j in range(2):
+                ctx = self.kv[l][j][:, :, :self.nc].unflatten(2, (n, Pb))[:, :, :, :P]   # [Bt, H, n, P, D] view
+                ctx.copy_(src[l, j])
+                ctx.masked_fill_(~valid[:, None, None], 0.0)  # unused pages may hold NaN: never let it in
+        b = sh.bias.index_select(1, idx)                                               # [L, n, H]
+        b = b.masked_fill(~valid[None, :, None], NEG_INF).permute(0, 2, 1)             # [L, H, n]
+        self.kbias[:, :, :self.nc].unflatten(2, (n, Pb))[..., :P].copy_(b[..., None].expand(L, H, n, P))
+        if self.mode == "flex":
+            self.key_ok[:self.nc].view(n, Pb)[:, :P].copy_(valid[:, None].expand(n, P))
+            self.full_num.copy_(valid.sum().view(1, 1, 1))
+            self.full_num_p.copy_(self.full_num.expand_as(self.full_num_p))
+
+    def end_patch(self, i):
+        sh = self.sh
+        o = slice(self.own_off, self.own_off + sh.P)
+        own_kv = torch.stack([torch.stack([K[:, :, o], V[:, :, o]], 1) for K, V in self.kv], 1)  # [Bt, L, 2, H, P, D]
+        sh.pool.pages.index_copy_(0, sh.own.long(), own_kv.to(sh.pool.pages.dtype))
+
+    # ---- the captured functions ------------------------------------------------------------------------
+    def row_fn(self, s=None):
+        self._row()
+
+    def prefill_fn(self):
+        self._prefill()
+
+    def _row(self):
+        sh, dec = self.sh, self.sh.dec
+        row = sh.row_t
+        r = row.view(1)
+        if self.mode != "flex":                        # own keys < row visible (flex: in mask_mod)
+            self.kbias[:, :, self.own_off:self.own_off + sh.P] = self.own_b[:, :, None] + self.causal.index_select(0, r)
+        prev = (row - 1).clamp(min=0).view(1)
+        e = dec.tok(sh.buf.index_select(1, prev)) + self.pos.index_select(0, prev)     # [Bt, 1, W]
+        x = torch.where(row == 0, dec.start.view(1, 1, -1), e)
+        for l in range(sh.L):
+            x = self._layer(x, l, row, self._attend_row)
+        logits = self.lin["head"](dec.ln_f(x))[:, 0]                                   # [Bt, V]
+        sh.pick(logits, row)
+
+    def _layer(self, x, l, q_start, attend):
+        """DecoderLayer.forward (nuwa_fast.model) with the row-step linears of `self.lin`."""
+        layer, sh = self.sh.dec.layers[l], self.sh
+        Bq, M, W = x.shape
+        qkv = self.lin[l, "qkv"](layer.ln1(x)).view(Bq, M, 3, sh.H, sh.D)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))                     # 3 x [Bt, H, M, D]
+        a = attend(l, q, k, v, q_start)                                                # [Bt, H, M, D]
+        x = x + layer.proj(a.transpose(1, 2).reshape(Bq, M, W))
+        tk, tv, tmask = sh.text[l]
+        cross = layer.cross
+        cq = cross.q(layer.ln2(x)).view(Bq, M, sh.H, sh.D).transpose(1, 2)
+        co = F.scaled_dot_product_attention(cq, tk, tv, attn_mask=tmask[:, None, None, :])
+        x = x + cross.proj(co.transpose(1, 2).reshape(Bq, M, W))
+        fc1, act, fc2 = layer.mlp
+        return x + fc2(act(self.lin[l, "fc1"](layer.ln3(x))))
+
+    def _attend_row(self, l, q, k, v, row):
+        pos = (row - 1).clamp(min=0).view(1) + self.own_off      # row 0's key lands in slot 0, masked, then overwritten
+        K, V = self.kv[l]                                                              # [Bt, H, Ntot, D]
+        K.index_copy_(2, pos, k.to(K.dtype))
+        V.index_copy_(2, pos, v.to(V.dtype))
+        return self._attention(l, q, K, V, self.kbias[l][None, :, None, :], decode=True)
+
+    def _prefill(self):
+        sh, dec = self.sh, self.sh.dec
+        sh.load_known_patch()
+        mp = self.kbias[:, None, :, None, :]                                           # flex: causal in mask_mod
+        if self.mode != "flex":
+            mp = mp.repeat(1, 1, 1, sh.P, 1)                                           # [L, 1, H, P, Ntot]
+            mp[..., self.own_off:self.own_off + sh.P] = self.own_b[:, None, :, None, None] + self.causal[1:]
+
+        def attend(l, q, k, v, q_start):
+            K, V = self.kv[l]
+            K[:, :, self.own_off:self.own_off + sh.P] = k.to(K.dtype)                   # keys of tokens 0..P-1
+            V[:, :, self.own_off:self.own_off + sh.P] = v.to(V.dtype)
+            return self._attention(l, q, K, V, mp[l], decode=False)
+
+        x = dec.embed(sh.buf, 1, sh.P)                                                 # rows 1..P
+        for l in range(sh.L):
+            x = self._layer(x, l, 1, attend)
+
+    def _attention(self, l, q, K, V, mask, decode):
+        with _op_range(f"{self.mode} attention L{l}"):
+            return self._attention_impl(l, q, K, V, mask, decode)
+
+    def _attention_impl(self, l, q, K, V, mask, decode):
+        scale = self.sh.dec.scale
+        if self.mode == "gathered":
+            s = torch.matmul(q, K.transpose(-1, -2)) * scale + mask                     # [Bt, H, M, Ntot]
+            return torch.matmul(torch.softmax(s.float(), dim=-1).to(q.dtype), V)
+        if self.mode == "sdpa":
+            return F.scaled_dot_product_attention(q, K, V, attn_mask=mask.to(q.dtype), scale=scale)
+        bm = self.bm_dec if decode else self.bm_pre
+        return self._flex(q, K, V, score_mod=self.score_mods[l], block_mask=bm, scale=scale)
+
+    # ---- FlexAttention: page-aligned blocks [context pages | own | null page] ---------------------------
+    def _init_flex(self):
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+        sh, dev, P = self.sh, self.sh.dev, self.sh.P
+        nb = self.n_max + 2
+        own_off, null_off, row_t = self.own_off, self.null_off, sh.row_t
+        self.key_ok = torch.zeros(self.Ntot, dtype=torch.bool, device=dev)   # context keys + the null key
+        self.key_ok[null_off] = True
+        key_ok = self.key_ok
+
+        def mask_dec(b, h, q_idx, kv_idx):
+            own = (kv_idx >= own_off) & (kv_idx < null_off)
+            return torch.where(own, kv_idx - own_off < row_t, key_ok[kv_idx])
+
+        def mask_pre(b, h, q_idx, kv_idx):                       # query q_idx is row q_idx + 1
+            own = (kv_idx >= own_off) & (kv_idx < null_off)
+            return torch.where(own, kv_idx - own_off <= q_idx, key_ok[kv_idx])
+
+        def score_mod_for(kb):
+            return lambda score, b, h, q_idx, kv_idx: score + kb[h, kv_idx]
+
+        self.score_mods = [score_mod_for(self.kbias[l]) for l in range(sh.L)]
+        QB = 128
+        n_q = {True: 1, False: math.ceil(P / QB)}
+        self.full_num = torch.zeros(1, 1, 1, dtype=torch.int32, device=dev)        # valid context pages
+        self.full_num_p = torch.zeros(1, 1, n_q[False], dtype=torch.int32, device=dev)
+        # context pages are "full" blocks (mask_mod skipped); with Pb > P their tails are still masked,
+        # by the -inf bias that score_mod adds there
+        bms = {}
+        for decode, nq in n_q.items():
+            full_idx = torch.arange(nb, dtype=torch.int32, device=dev).expand(1, 1, nq, nb).contiguous()
+            part_idx = torch.zeros(1, 1, nq, nb, dtype=torch.int32, device=dev)
+            part_idx[..., 0], part_idx[..., 1] = nb - 2, nb - 1                    # own page, null page
+            bms[decode] = BlockMask.from_kv_blocks(
+                torch.full((1, 1, nq), 2, dtype=torch.int32, device=dev), part_idx,
+                self.full_num if decode else self.full_num_p, full_idx, BLOCK_SIZE=(QB, self.Pb),
+                mask_mod=mask_dec if decode else mask_pre, seq_lengths=(1 if decode else P, self.Ntot),
+                compute_q_blocks=False)
+        self.bm_dec, self.bm_pre = bms[True], bms[False]
+        if dev.type == "cuda":
+            self._flex = _compiled_flex()
+        else:
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+            self._flex = flex_attention
+
+
+class _TLinear:
+    """y = x @ Wt (+ b) with the weight stored transposed, [in, out] contiguous.
+
+    On the CPU (MKL, one thread) a one-row product against a wide weight [out > in] runs about 3x
+    faster this way than F.linear's x @ W.T (measured: 1024x256 fp32, weights not in cache, 33 vs
+    108 us); square and narrow weights gain nothing, so they keep F.linear."""
+
+    def __init__(self, linear):
+        self.wt = linear.weight.detach().t().contiguous()                             # [in, out]
+        self.b = None if linear.bias is None else linear.bias.detach()
+
+    def __call__(self, x):
+        y = torch.matmul(x, self.wt)
+        return y if self.b is None else y + self.b
+
+
+def _row_linears(dec, transpose: bool):
+    """The linears of the row step whose weight is wider than tall: qkv, fc1 and the head."""
+    pick = (lambda m: _TLinear(m) if m.out_features > m.in_features else m) if transpose else (lambda m: m)
+    lin = {"head": pick(dec.head)}
+    for l, layer in enumerate(dec.layers):
+        lin[l, "qkv"] = pick(layer.qkv)
+        lin[l, "fc1"] = pick(layer.mlp[0])
+    return lin
+
+
+_FLEX = None
+
+
+def _compiled_flex():
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+class GraphedStep:
+    """Runs a step's functions eagerly, or replays CUDA graphs captured by prepare()."""
+
+    def __init__(self, step, graphs: bool):
+        self.step, self.graphs = step, graphs
+        self.row_graphs, self.prefill_graph = {}, None
+
+    def prepare(self, need_prefill: bool, need_decode: bool) -> float:
+        """Warm every function up once (autotuning, cuBLAS workspaces, torch.compile) and capture it.
+        Runs before the patch loop on the initial buffers (empty page table), whose contents the loop
+        overwrites. On CUDA without graphs it still warms up (autotuning synchronises with the host)."""
+        step = self.step
+        if step.sh.dev.type != "cuda":
+            return 0.0
+        t0 = time.perf_counter()
+        if not self.graphs:
+            if need_decode:
+                step.row_fn(1)
+            if need_prefill:
+                step.prefill_fn()
+            torch.cuda.synchronize(step.sh.dev)
+            return time.perf_counter() - t0
+        todo = []
+        if need_decode:
+            rows = range(step.sh.P + 1) if step.per_row else [None]
+            todo += [(s, (lambda s=s: step.row_fn(s))) for s in rows]
+        if need_prefill:
+            todo.append(("prefill", step.prefill_fn))
+        side = torch.cuda.Stream(device=step.sh.dev)
+        side.wait_stream(torch.cuda.current_stream(step.sh.dev))
+        with torch.cuda.stream(side):
+            for _, fn in todo:
+                fn()
+        torch.cuda.current_stream(step.sh.dev).wait_stream(side)
+        mempool = torch.cuda.graph_pool_handle()
+        for key, fn in todo:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=mempool):
+                fn()
+            if key == "prefill":
+                self.prefill_graph = g
+            else:
+                self.row_graphs[key] = g
+        torch.cuda.synchronize(step.sh.dev)
+        return time.perf_counter() - t0
+
+    def row(self, s: int):
+        step = self.step
+        if not step.per_row:
+            step.sh.row_t.fill_(s)
+        g = self.row_graphs.get(s if step.per_row else None)
+        if g is not None:
+            g.replay()
+        else:
+            step.row_fn(s)
+
+    def prefill(self):
+        if self.prefill_graph is not None:
+            self.prefill_graph.replay()
+        else:
+            self.step.prefill_fn()
