@@ -21,7 +21,8 @@ $(VENV)/.installed: setup.py pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/nuwa-fast generate --prompt "$(PROMPT)" --width 1536 --height 256 --seed 0 -o docs/demo_panorama.png
+	$(BIN)/nuwa-fast generate --prompt "$(PROMPT)" --width 1536 --height 256 --seed 0 \
+	    --temperature 0.7 --top-k 50 --guidance 3 -o docs/demo_panorama.png
 
 csrc:
 	@if command -v nvcc >/dev/null 2>&1; then bash .ci/compile_csrc.sh; \
