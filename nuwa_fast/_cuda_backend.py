@@ -197,11 +197,17 @@ def ncp_select(page_index, cur, grid, extent, batch, out=None):
     return out
 
 
-def ncp_add(page_index, free_stack, free_top, cur):
-    """See nuwa_fast.ops.reference.ncp_add."""
+def _free_list_tables(page_index, free_stack, free_top):
+    """Check the page index and the free list (int32, one device); returns that device."""
     dev = page_index.device
     for name, t in (("page_index", page_index), ("free_stack", free_stack), ("free_top", free_top)):
         _table(name, t, dev)
+    return dev
+
+
+def ncp_add(page_index, free_stack, free_top, cur):
+    """See nuwa_fast.ops.reference.ncp_add."""
+    dev = _free_list_tables(page_index, free_stack, free_top)
     _check_device("cur", cur, dev)
     cur = _int32(cur)
     page = torch.empty(1, dtype=torch.int32, device=dev)
@@ -213,9 +219,7 @@ def ncp_add(page_index, free_stack, free_top, cur):
 
 def ncp_remove(page_index, free_stack, free_top, patches):
     """See nuwa_fast.ops.reference.ncp_remove."""
-    dev = page_index.device
-    for name, t in (("page_index", page_index), ("free_stack", free_stack), ("free_top", free_top)):
-        _table(name, t, dev)
+    dev = _free_list_tables(page_index, free_stack, free_top)
     _check_device("patches", patches, dev)
     patches = _int32(patches).reshape(-1)
     with torch.cuda.device(dev):

@@ -443,8 +443,6 @@ def build_parser():
 
 def main(argv=None) -> int:
     argv = list(argv) if argv is not None else None
-    if argv and argv[0] == "--":              # `nuwa-fast bench -- --quick` (see docs/performance.md)
-        argv = argv[1:]
     args = build_parser().parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":

@@ -23,16 +23,22 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(model, path, dtype=None, extra: dict | None = None) -> None:
     """Write `model` to `path` atomically (temp file + rename): a crash keeps the previous file."""
-    from safetensors.torch import save_file
     state = {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
              .contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.cfg.to_json()}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_file(state, path, meta)
+
+
+def atomic_save_file(tensors: dict, path: Path, metadata: dict) -> None:
+    """safetensors to a temporary name, fsync, rename: a crash leaves the previous file intact."""
+    from safetensors.torch import save_file
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        save_file(state, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -46,8 +46,6 @@ def build_parser():
 
 def main(argv=None) -> int:
     argv = list(argv) if argv is not None else None
-    if argv and argv[0] == "--":              # `nuwa-fast bench -- --quick` (see docs/performance.md)
-        argv = argv[1:]
     args = build_parser().parse_args(argv)
     import nuwa_fast
     from nuwa_fast import adc, engine, nvtx

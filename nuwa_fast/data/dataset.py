@@ -7,6 +7,8 @@ iteration, the number of DataLoader workers, or whether the run was interrupted.
 """
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -18,17 +20,17 @@ SPEC_HELP = ('"landscape", "skimage", "folder:/path/to/dir", or a mixture such a
              '"landscape:0.8,skimage:0.2" or "landscape:3,folder:/data/mine:1" (weights are relative)')
 
 
-class ImageSource:
+class ImageSource(abc.ABC):
     """Interface of a training source; subclasses implement sample(). A source's own `seed` salts
     every draw, so the same spec built with another seed (held-out data) gives other samples."""
 
     name = "source"
     seed = 0
 
+    @abc.abstractmethod
     def sample(self, rng: np.random.Generator, height: int, width: int,
                frames: int = 1) -> tuple[np.ndarray, str]:
         """One captioned clip, exactly (height, width): (uint8 [frames, height, width, 3], caption)."""
-        raise NotImplementedError
 
 
 def salted(rng: np.random.Generator, seed: int) -> np.random.Generator:

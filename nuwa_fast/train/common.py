@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..checkpoint import atomic_save_file
+
 STATE_FORMAT = "nuwa-fast-train-state"
 
 
@@ -110,19 +112,6 @@ def make_adamw(params, lr, weight_decay=0.01, betas=(0.9, 0.95)):
 
 
 # ---- resumable state -----------------------------------------------------------------------------
-def _atomic_save_file(tensors: dict, path: Path, metadata: dict):
-    from safetensors.torch import save_file
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_train_state(out, model, opt, step: int, args: dict, data_state: dict | None = None,
                      name: str = "last", modules: dict | None = None, extra_tensors: dict | None = None):
     """Write out/<name>.state.safetensors then out/<name>.safetensors, both atomically.
@@ -150,7 +139,7 @@ def save_train_state(out, model, opt, step: int, args: dict, data_state: dict | 
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"format": STATE_FORMAT, "step": str(step), "args": json.dumps(args, sort_keys=True),
             "param_groups": json.dumps(sd["param_groups"]), "data_state": json.dumps(data_state or {})}
-    _atomic_save_file(tensors, out / f"{name}.state.safetensors", meta)
+    atomic_save_file(tensors, out / f"{name}.state.safetensors", meta)
     save_checkpoint(model, out / f"{name}.safetensors", extra={"train_step": str(step)})
 
 
