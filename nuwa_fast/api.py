@@ -105,7 +105,12 @@ def to_rgb_array(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         if not os.path.isfile(image):
             raise FileNotFoundError(f"image file {str(image)!r} does not exist")
-        image = Image.open(image)
+        try:
+            image = Image.open(image)
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"image file {str(image)!r} is larger than Pillow's decompression-bomb limit "
+                             f"({e}); if you trust the file, load it yourself after setting "
+                             f"PIL.Image.MAX_IMAGE_PIXELS = None and pass the image, or downscale it") from e
     if isinstance(image, Image.Image):
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
             raise ValueError(f"image mode {image.mode!r} (high bit depth) is not supported; convert it to 8-bit "
@@ -149,12 +154,12 @@ def _encode_pixels(model, img: np.ndarray, tile: int = 64):
     """uint8 [H, W, 3] -> tokens [ceil(H/f), ceil(W/f)] (edge-padded to whole tokens).
 
     Encoded in tiles of tile x tile tokens with the encoder's receptive field as halo, converting
-    only one tile to float at a time: memory is bounded by the tile, not by the image.
+    only one tile to float at a time (edge padding is applied per tile, the image is never copied):
+    memory is bounded by the tile, not by the image.
     """
     f = model.cfg.vq.f
     H, W = img.shape[:2]
-    img = np.pad(img, ((0, -H % f), (0, -W % f), (0, 0)), mode="edge")
-    h, w = img.shape[0] // f, img.shape[1] // f
+    h, w = -(-H // f), -(-W // f)
     halo = model.vq.encode_halo
     dtype = next(model.vq.parameters()).dtype
     out = np.empty((h, w), dtype=np.int64)
@@ -162,12 +167,21 @@ def _encode_pixels(model, img: np.ndarray, tile: int = 64):
         y1, ya, yb = min(y0 + tile, h), max(y0 - halo, 0), min(y0 + tile + halo, h)
         for x0 in range(0, w, tile):
             x1, xa, xb = min(x0 + tile, w), max(x0 - halo, 0), min(x0 + tile + halo, w)
-            x = torch.from_numpy(np.ascontiguousarray(img[ya * f:yb * f, xa * f:xb * f]))
+            crop = img[ya * f:min(yb * f, H), xa * f:min(xb * f, W)]
+            pad_y, pad_x = (yb - ya) * f - crop.shape[0], (xb - xa) * f - crop.shape[1]
+            if pad_y or pad_x:                                         # the last row/column of tiles only
+                crop = np.pad(crop, ((0, pad_y), (0, pad_x), (0, 0)), mode="edge")
+            x = torch.from_numpy(np.array(crop))                  # one tile, writable
             x = x.to(model.device).permute(2, 0, 1)[None].to(dtype) / 127.5 - 1       # [1, 3, th*f, tw*f]
             with torch.no_grad():
                 t = model.vq.encode(x)[0].cpu().numpy()                                # [th, tw]
             out[y0:y1, x0:x1] = t[y0 - ya:y1 - ya, x0 - xa:x1 - xa]
     return out
+
+
+def _preflight(model, grid, order, batch, extent, sampling):
+    """The checks that need no pixels (pool size), run before the image is encoded."""
+    engine.check_fits(model, grid, order, batch, extent, sampling)
 
 
 def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None):
@@ -199,16 +213,28 @@ def _oom_advice(model, spec, sampling):
 
 
 @torch.no_grad()
-def _decode(model, tokens, frames, h_tok, w_tok, H, W, oy=0, ox=0):
-    """tokens [B, T, h, w] -> uint8 [B, T, H, W, 3], cropping at pixel offset (oy, ox)."""
+def _decode(model, tokens, frames, h_tok, w_tok, H, W, oy=0, ox=0, strip: int = 32):
+    """tokens [B, T, h, w] -> uint8 [B, T, H, W, 3], cropping at pixel offset (oy, ox).
+
+    Decoded in strips of `strip` token rows (each with the decoder's halo, so the result equals one
+    whole decode) and converted to uint8 strip by strip: beyond the uint8 output, memory is bounded
+    by one strip's float pixels, whatever the canvas.
+    """
     B = tokens.shape[0]
     f = model.cfg.vq.f
+    assert h_tok * f >= oy + H and w_tok * f >= ox + W
+    halo = model.vq.halo
     out = np.empty((B, frames, H, W, 3), dtype=np.uint8)
+    ty0, ty1 = oy // f, -(-(oy + H) // f)                                  # token rows that reach the output
     for t in range(frames):
-        px = model.vq.decode_tiled(tokens[:, t, :h_tok, :w_tok])                 # [B, 3, h*f, w*f]
-        px = ((px.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        out[:, t] = px[:, oy:oy + H, ox:ox + W]
-        assert h_tok * f >= oy + H and w_tok * f >= ox + W
+        for s0 in range(ty0, ty1, strip):
+            s1 = min(s0 + strip, ty1)
+            a, b = max(s0 - halo, 0), min(s1 + halo, h_tok)
+            px = model.vq.decode_tiled(tokens[:, t, a:b, :w_tok])            # [B, 3, (b-a)*f, w*f]
+            px = px[:, :, (s0 - a) * f:(s1 - a) * f, ox:ox + W]
+            px = ((px.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            r0, r1 = max(s0 * f, oy), min(s1 * f, oy + H)                   # output rows of this strip
+            out[:, t, r0 - oy:r1 - oy] = px[:, r0 - s0 * f:r1 - s0 * f]
     return out
 
 
@@ -272,18 +298,21 @@ def outpaint(self: NuwaModel, image, left=0, right=0, top=0, bottom=0, prompt=No
     H, W = pads["top"] + Hi + pads["bottom"], pads["left"] + Wi + pads["right"]
     h, w = -(-(oy + H) // f), -(-(ox + W) // f)
     grid = _grid(self, 1, h, w)
-    known = np.zeros((1, grid[1] * p, grid[2] * p), dtype=np.int64)
-    mask = np.zeros_like(known, dtype=bool)
-    toks = _encode_pixels(self, img)
-    known[0, tt:tt + toks.shape[0], lt:lt + toks.shape[1]] = toks
-    mask[0, tt:tt + Hi // f, lt:lt + Wi // f] = True                      # whole tokens only
     if order is None:
         sides = [k for k, v in pads.items() if v]
         order = {"right": "right", "left": "left", "bottom": "down", "top": "up"}[sides[0]] \
             if len(sides) == 1 else "outward"
     region = (tt // p, lt // p, (tt + Hi // f - 1) // p, (lt + Wi // f - 1) // p) if order == "outward" else None
-    spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
-                    known=known, known_mask=mask, extent=extent)
+    patch_order = adc.order(order, grid, region)
+    prompts = _prompts(prompt, batch)
+    if not args["use_oracle"]:
+        _preflight(self, grid, patch_order, len(prompts), extent, s)
+    known = np.zeros((1, grid[1] * p, grid[2] * p), dtype=np.int64)
+    mask = np.zeros_like(known, dtype=bool)
+    toks = _encode_pixels(self, img)
+    known[0, tt:tt + toks.shape[0], lt:lt + toks.shape[1]] = toks
+    mask[0, tt:tt + Hi // f, lt:lt + Wi // f] = True                      # whole tokens only
+    spec = TaskSpec(grid=grid, order=patch_order, prompts=prompts, known=known, known_mask=mask, extent=extent)
     tokens, stats = _run(self, spec, sampling=s, **args)
     px = _decode(self, tokens, 1, h, w, H, W, oy, ox)[:, 0]
     if paste:
@@ -302,12 +331,15 @@ def animate(self: NuwaModel, image, frames=8, prompt=None, order="down", batch=1
         raise ValueError(f"image is {W}x{H} pixels; it must be at least {f}x{f} (one VQ token)")
     h, w = -(-H // f), -(-W // f)
     grid = _grid(self, T, h, w)
+    patch_order = adc.order(order, grid)
+    prompts = _prompts(prompt, batch)
+    if not args["use_oracle"]:
+        _preflight(self, grid, patch_order, len(prompts), extent, s)
     known = np.zeros((T, grid[1] * p, grid[2] * p), dtype=np.int64)
     mask = np.zeros_like(known, dtype=bool)
     known[0, :h, :w] = _encode_pixels(self, img)
     mask[0, :H // f, :W // f] = True
-    spec = TaskSpec(grid=grid, order=adc.order(order, grid), prompts=_prompts(prompt, batch),
-                    known=known, known_mask=mask, extent=extent)
+    spec = TaskSpec(grid=grid, order=patch_order, prompts=prompts, known=known, known_mask=mask, extent=extent)
     tokens, stats = _run(self, spec, sampling=s, **args)
     px = _decode(self, tokens, T, h, w, H, W)
     if paste:

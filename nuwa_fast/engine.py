@@ -102,6 +102,21 @@ def validate_spec(model, spec: TaskSpec):
             raise ValueError(f"known tokens must lie in [0, {V}) for this checkpoint's codebook")
 
 
+def check_fits(model, grid, order, batch: int, extent=None, sampling=None, pool_dtype=None) -> int:
+    """Raise ncp.PoolTooLarge (naming the pages needed) if this request's pool cannot be allocated.
+
+    Needs only the grid and the order, so callers run it before any expensive work (encoding a
+    source image); prepare() checks again when it allocates. Returns the pool's bytes.
+    """
+    T, Hg, Wg = grid
+    e = check_extent(model, extent)
+    e = (min(e[0], T - 1), min(e[1], Hg - 1), min(e[2], Wg - 1))
+    cfg = model.cfg
+    Bt = batch * (2 if sampling is not None and sampling.guidance != 1.0 else 1)
+    return ncp.check_pool_fits(ncp.plan(order, e, grid).peak_pages, Bt, cfg.layers, cfg.heads, cfg.P,
+                               cfg.head_dim, pool_dtype or model.decoder.start.dtype, model.device)
+
+
 def _known_tables(spec: TaskSpec, p: int, n: int):
     """Per step of the order: known tokens and mask [n, P+1] (column P: scratch), and the kind of
     each step: 2 = given (all P known: prefill), 1 = partly known (decode, forced rows), 0 = free."""

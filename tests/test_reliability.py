@@ -172,3 +172,64 @@ def test_fuzz_cli(tmp_path, capsys):
             assert not out.exists()
     print(f"cli fuzz: {tried} argv lists, {wrote} wrote an image, {tried - wrote} refused")
     assert wrote and tried - wrote
+
+
+# ---- 20k x 20k images: a clear error or bounded memory, never a blow-up -----------------------------
+HUGE = 20_000
+
+
+def test_huge_image_file_gets_a_clear_error(model, tmp_path):
+    from PIL import Image
+    path = tmp_path / "huge.png"
+    Image.new("1", (HUGE, HUGE)).save(path)                # 400 Mpx, a few hundred kB on disk
+    with pytest.raises(ValueError, match=r"decompression-bomb limit .*MAX_IMAGE_PIXELS = None"):
+        model.outpaint(str(path), right=12)
+
+
+def test_huge_image_encodes_in_bounded_memory(model, monkeypatch):
+    """A 20k x 20k image is encoded tile by tile: no encoder call sees more than one tile plus halo,
+    and beyond the token grid no image-sized array is allocated (the image is never padded whole)."""
+    import tracemalloc
+    f, halo = model.cfg.vq.f, model.vq.encode_halo
+    img = np.zeros((HUGE, HUGE - 1, 3), dtype=np.uint8)     # width not a multiple of f: edge tiles pad
+    seen = []
+
+    def fake_encode(x):                                     # records the tile; tokens = tile index
+        seen.append(tuple(x.shape))
+        return torch.full((1, x.shape[2] // f, x.shape[3] // f), len(seen) % 48, dtype=torch.long)
+    monkeypatch.setattr(model.vq, "encode", fake_encode)
+    tracemalloc.start()
+    toks = api._encode_pixels(model, img)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    h, w = -(-HUGE // f), -(-(HUGE - 1) // f)
+    assert toks.shape == (h, w)
+    side = (64 + 2 * halo) * f
+    assert len(seen) == (-(-h // 64)) * (-(-w // 64))
+    assert max(s[2] for s in seen) <= side and max(s[3] for s in seen) <= side
+    assert peak <= toks.nbytes + 16 * 2 ** 20, f"peak {peak / 2**20:.0f} MiB for a {toks.nbytes / 2**20:.0f} MiB grid"
+    assert len(np.unique(toks[:64, :64])) == 1 and toks[0, 0] != toks[0, 64]    # every token from its tile
+
+
+def test_huge_outpaint_refused_before_encoding(monkeypatch):
+    """A pool that cannot fit is reported before the 20k x 20k image is encoded."""
+    m = small_model(patch=16)                               # 64 px patches: a 313 x 314 patch grid
+    monkeypatch.setenv("NUWA_FAST_MAX_POOL_BYTES", str(256 * 1024))
+    monkeypatch.setattr(api, "_encode_pixels", lambda *a, **k: pytest.fail("encoded before the pool check"))
+    img = np.zeros((HUGE, HUGE, 3), dtype=np.uint8)
+    with pytest.raises(PoolTooLarge, match=r"needs \d+ pages x 1 samples"):
+        m.outpaint(img, right=64)
+    with pytest.raises(PoolTooLarge, match=r"needs \d+ pages x 1 samples"):
+        m.animate(img, frames=2)
+
+
+def test_strip_decode_equals_whole_decode(model):
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(0, model.cfg.vq.codebook_size, (2, 2, 37, 29), generator=g)
+    f = model.cfg.vq.f
+    H, W, oy, ox = 37 * f - 7, 29 * f - 6, 3, 5
+    got = api._decode(model, toks, 2, 37, 29, H, W, oy, ox, strip=8)
+    for t in range(2):
+        px = model.vq.decode(toks[:, t])
+        want = ((px.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        np.testing.assert_array_equal(got[:, t], want[:, oy:oy + H, ox:ox + W])
