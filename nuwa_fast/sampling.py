@@ -48,6 +48,18 @@ def _fmix32(h):
     return h ^ (h >> 16)
 
 
+_VOCAB_HASH: dict = {}
+
+
+def _vocab_hash(vocab: int, dev) -> torch.Tensor:
+    """The per-token-id half of the hash [vocab], computed once per (vocab, device)."""
+    key = (vocab, str(dev))
+    if key not in _VOCAB_HASH:
+        v = torch.arange(vocab, device=dev, dtype=torch.int64)
+        _VOCAB_HASH[key] = _fmix32(v * 0x27D4EB2F + 0x165667B1)
+    return _VOCAB_HASH[key]
+
+
 def uniform(seed: int, sample_ids, step, row, vocab: int):
     """U(0, 1) noise [B, vocab], a pure function of (seed, sample id, step, row, token id)."""
     dev = sample_ids.device
@@ -55,8 +67,7 @@ def uniform(seed: int, sample_ids, step, row, vocab: int):
     key = _fmix32(key ^ _fmix32(sample_ids.long() + 0x632BE5AB))
     key = _fmix32(key ^ _fmix32(torch.as_tensor(step, device=dev).long() + 0x85157AF5))
     key = _fmix32(key ^ _fmix32(torch.as_tensor(row, device=dev).long() + 0x4CF5AD43))   # [B]
-    v = torch.arange(vocab, device=dev, dtype=torch.int64)
-    h = _fmix32(key[:, None] ^ _fmix32(v * 0x27D4EB2F + 0x165667B1)[None, :])                # [B, V]
+    h = _fmix32(key[:, None] ^ _vocab_hash(vocab, dev)[None, :])                             # [B, V]
     return ((h >> 8).double() + 0.5) / float(1 << 24)
 
 
