@@ -184,12 +184,13 @@ def _preflight(model, grid, order, batch, extent, sampling):
     engine.check_fits(model, grid, order, batch, extent, sampling)
 
 
-def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None):
+def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None, cuda_graphs=None,
+         compile_step=False):
     if use_oracle:
         return oracle.run(model, spec, seed=seed, sampling=sampling)
     try:
         return engine.run(model, spec, seed=seed, sampling=sampling, backend=backend, progress=progress,
-                          attention=attention)
+                          attention=attention, cuda_graphs=cuda_graphs, compile_step=compile_step)
     except torch.OutOfMemoryError as e:
         raise _oom_advice(model, spec, sampling) from e
 
@@ -247,7 +248,8 @@ def _common(kw):
     s = _sampling(kw)
     args = dict(seed=int(kw.pop("seed", 0)), backend=kw.pop("backend", None),
                 progress=bool(kw.pop("progress", False)), use_oracle=bool(kw.pop("oracle", False)),
-                attention=kw.pop("attention", None))
+                attention=kw.pop("attention", None), cuda_graphs=kw.pop("cuda_graphs", None),
+                compile_step=bool(kw.pop("compile_step", False)))
     extent = kw.pop("extent", None)
     if kw:
         raise TypeError(f"unexpected arguments {sorted(kw)}")

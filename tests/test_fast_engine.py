@@ -171,3 +171,21 @@ def test_cuda_graphs_equal_eager_and_oracle(mode):
             assert sa.extra["cuda_graphs"] is True
             assert torch.equal(a, b), (backend, spec.order[:2])
             assert torch.equal(a, ref), (backend, spec.order[:2])
+
+
+def test_api_hands_engine_options_through(monkeypatch):
+    """generate_image(..., compile_step=, cuda_graphs=, attention=) reach engine.run, and a compiled
+    row step gives the tokens of the eager one."""
+    m = small_model()
+    seen = {}
+    real = engine.run
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+    monkeypatch.setattr(engine, "run", spy)
+    eager = m.generate_image("a lake", height=24, width=36, seed=3, attention="sdpa").tokens
+    assert seen["compile_step"] is False and seen["attention"] == "sdpa" and seen["cuda_graphs"] is None
+    comp = m.generate_image("a lake", height=24, width=36, seed=3, compile_step=True, cuda_graphs=False).tokens
+    assert seen["compile_step"] is True and seen["cuda_graphs"] is False
+    assert torch.equal(eager, comp)
