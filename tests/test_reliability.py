@@ -75,6 +75,22 @@ def test_fifty_generations_no_leak(model):
     assert growth < 32 * 2**20
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fifty_generations_no_device_leak():
+    m = small_model().cuda()
+    for _ in range(5):
+        m.generate_image(None, height=12, width=16, batch=2)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    for i in range(50):
+        r = m.generate_image(None, height=12, width=16, batch=2, seed=i)
+        assert r.stats.extra["pages_left"] == 0
+    torch.cuda.synchronize()
+    growth = torch.cuda.memory_allocated() - base
+    print("device memory growth over 50 generations:", growth / 2**20, "MiB")
+    assert growth <= 1 * 2**20                         # allocations are per call; nothing may stay behind
+
+
 def test_same_seed_same_tokens_across_runs_and_batches(model):
     a = model.generate_image("x", height=16, width=16, batch=3, seed=11, top_k=10)
     b = model.generate_image("x", height=16, width=16, batch=3, seed=11, top_k=10)
