@@ -85,6 +85,8 @@ def build_parser(prog="nuwa-fast train"):
                     help="nuwa: teacher-forced block mask (fast) or render-and-optimize (the paper)")
     ap.add_argument("--caption-drop", type=float, default=d.caption_drop)
     ap.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    ap.add_argument("--bias-lr-scale", type=float, default=d.bias_lr_scale,
+                    help="nuwa: LR multiplier of the ADC bias table (additive attention biases need large moves)")
     return ap
 
 
@@ -95,7 +97,8 @@ def options_from_args(a) -> TrainOptions:
                         resume=a.resume, stop_at=a.stop_at, device=a.device, threads=a.threads, cpu_bf16=a.cpu_bf16, progress=not a.no_progress,
                         bundle=a.bundle, sizes=a.sizes, gan=a.gan, decoder_only=a.decoder_only, gan_start=a.gan_start,
                         restart_every=a.restart_every, commit_weight=a.commit_weight, vq=a.vq, cache=a.cache, init=a.init, chains=a.chains, mode=a.mode,
-                        caption_drop=a.caption_drop, label_smoothing=a.label_smoothing)
+                        caption_drop=a.caption_drop, label_smoothing=a.label_smoothing,
+                        bias_lr_scale=a.bias_lr_scale)
 
 
 def main(argv=None):

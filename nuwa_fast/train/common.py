@@ -98,17 +98,28 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
 
 
 def set_lr(opt, lr: float):
+    """Set every group's LR to lr x the group's lr_scale (1 unless make_adamw gave it one)."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
-def make_adamw(params, lr, weight_decay=0.01, betas=(0.9, 0.95)):
-    """AdamW with no decay on biases, norms, embeddings-like vectors (ndim < 2)."""
+def make_adamw(params, lr, weight_decay=0.01, betas=(0.9, 0.95), fast=(), fast_scale: float = 1.0):
+    """AdamW with no decay on biases, norms, embeddings-like vectors (ndim < 2).
+
+    `fast`: parameters that get fast_scale x the LR and no decay. Adam moves a parameter by about
+    the LR per step whatever its gradient, so a table of additive attention biases (the ADC table,
+    whose useful values are several units) would need tens of thousands of steps at a weight LR.
+    """
+    fast_ids = {id(p) for p in fast}
     params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+    decay = [p for p in params if p.ndim >= 2 and id(p) not in fast_ids]
+    no_decay = [p for p in params if p.ndim < 2 and id(p) not in fast_ids]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    fast = [p for p in params if id(p) in fast_ids]
+    if fast:
+        groups.append({"params": fast, "weight_decay": 0.0, "lr_scale": float(fast_scale)})
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
 # ---- resumable state -----------------------------------------------------------------------------

@@ -108,7 +108,8 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
     rank, world, dev = common.setup_distributed(opt.device)
     model = build_model(cfg, opt).to(dev)
     trainer = NuwaTrainer(model).train()
-    optim = common.make_adamw(trainer.parameters(), opt.lr, opt.weight_decay)
+    optim = common.make_adamw(trainer.parameters(), opt.lr, opt.weight_decay, fast=[model.decoder.adc_bias],
+                              fast_scale=opt.bias_lr_scale)
     start = 0
     if opt.resume and (Path(opt.out) / "last.state.safetensors").is_file():
         start, saved, _ = common.load_train_state(opt.out, model, optim)

@@ -13,6 +13,7 @@ class TrainOptions:
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
+    bias_lr_scale: float = 30.0         # nuwa: LR multiplier of the ADC bias table (see common.make_adamw)
     seed: int = 0
     data: str = "landscape:0.85,skimage:0.15"
     save_every: int = 100
@@ -49,6 +50,7 @@ class TrainOptions:
     # options that must match when resuming (the rest may change: steps, save/log cadence, device)
     PINNED = ("batch", "lr", "warmup", "seed", "data", "sizes", "mse_weight", "commit_weight", "restart_every", "gan",
               "gan_start", "gan_weight", "decoder_only", "chains", "mode", "caption_drop", "label_smoothing", "weight_decay",
+              "bias_lr_scale",
               "cache")
 
     def check_resume(self, saved: dict):
