@@ -4,7 +4,9 @@ Writes JSON with
   vq              held-out PSNR (dB), codebook usage and perplexity (128 px crops)
   bits_per_token  held-out bits/token per basic order, with the trained NCP extent vs extent (0,0,0)
   prompt_test     "night" vs "sunset": mean RGB of the top rows of 8 seeds each of generated
-                  256 x 256 images; night skies must come out darker than sunset skies
+                  256 x 256 images; night skies must come out darker than sunset skies, and
+                  sunset skies warmer (red minus blue) than night skies
+  panorama        (--panorama PATH) a 4096 x 256 panorama from a prompt: seconds, tokens/s, peak pages
 plus device, versions and git revision. Prints a short table.
 """
 from __future__ import annotations
@@ -39,9 +41,24 @@ def prompt_test(model, seeds=8, size=256, top=32, guidance=3.0, order="down"):
         out[name] = {"prompt": prompt, "mean_rgb": top_rgb.mean(0).round(1).tolist(),
                      "brightness": float(top_rgb.mean()), "per_seed_brightness": top_rgb.mean(1).round(1).tolist(),
                      "seconds": round(time.time() - t0, 1)}
+        out[name]["warmth"] = float(top_rgb[:, 0].mean() - top_rgb[:, 2].mean())               # red - blue
     out["night_darker"] = out["night"]["brightness"] < out["sunset"]["brightness"]
+    out["sunset_warmer"] = out["sunset"]["warmth"] > out["night"]["warmth"]
     out.update(seeds=seeds, size=size, top_rows=top, guidance=guidance, order=order)
     return out
+
+
+PANORAMA_PROMPT = "snowy mountains above a pine forest and a lake at sunset"
+DEMO_SAMPLING = dict(temperature=0.7, top_k=50, guidance=3.0)
+
+
+def panorama(model, path, width=4096, height=256, prompt=PANORAMA_PROMPT, seed=0):
+    t0 = time.time()
+    r = model.generate_image(prompt, height=height, width=width, seed=seed, **DEMO_SAMPLING)
+    r.save(path)
+    return {"path": str(path), "prompt": prompt, "width": width, "height": height, "seed": seed,
+            "sampling": DEMO_SAMPLING, "seconds": round(time.time() - t0, 1),
+            "tokens_per_s": round(r.stats.tokens_per_second, 1), "peak_pages": r.stats.peak_pages}
 
 
 def _git_rev():
@@ -61,12 +78,15 @@ def main(argv=None):
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip-prompts", action="store_true")
+    ap.add_argument("--panorama", default=None, help="also paint a 4096 x 256 panorama to this path")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     rep = evaluate(a.checkpoint, samples=a.samples)
     if not a.skip_prompts:
         rep["prompt_test"] = prompt_test(nuwa_fast.load(a.checkpoint), seeds=a.seeds, guidance=a.guidance)
+    if a.panorama:
+        rep["panorama"] = panorama(nuwa_fast.load(a.checkpoint), a.panorama)
     rep["env"] = {"device": "cpu", "torch": torch.__version__, "nuwa_fast": nuwa_fast.__version__,
                   "python": platform.python_version(), "git": _git_rev(), "threads": torch.get_num_threads()}
     Path(a.out).write_text(json.dumps(rep, indent=2) + "\n")
@@ -78,7 +98,12 @@ def main(argv=None):
     if "prompt_test" in rep:
         pt = rep["prompt_test"]
         print(f"top-row brightness: night {pt['night']['brightness']:.1f}, sunset {pt['sunset']['brightness']:.1f} "
-              f"-> night darker: {pt['night_darker']}")
+              f"-> night darker: {pt['night_darker']}; warmth (R-B) night {pt['night']['warmth']:.1f}, "
+              f"sunset {pt['sunset']['warmth']:.1f} -> sunset warmer: {pt['sunset_warmer']}")
+    if "panorama" in rep:
+        pn = rep["panorama"]
+        print(f"panorama {pn['width']}x{pn['height']}: {pn['seconds']} s, {pn['tokens_per_s']} tokens/s, "
+              f"peak {pn['peak_pages']} pages -> {pn['path']}")
     print(f"wrote {a.out}")
     return rep
 

@@ -177,3 +177,17 @@ def test_cli_train_vq_then_eval(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert set(rep["bits_per_token"]["per_order"]) == set(adc.BASIC_ORDERS)
     assert rep["vq"]["psnr"] > 0
+
+
+def test_adc_bias_gets_its_own_fast_undecayed_group():
+    from nuwa_fast.train import common
+    from nuwa_fast.train.nuwa_stage import NuwaTrainer
+    m = small_model()
+    opt = common.make_adamw(NuwaTrainer(m).parameters(), 1e-3, 0.01, fast=[m.decoder.adc_bias], fast_scale=30)
+    common.set_lr(opt, 2e-4)
+    fast = [g for g in opt.param_groups if any(p is m.decoder.adc_bias for p in g["params"])]
+    assert len(fast) == 1 and fast[0]["weight_decay"] == 0.0 and fast[0]["lr"] == pytest.approx(6e-3)
+    assert len(fast[0]["params"]) == 1
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([2e-4, 2e-4, 6e-3])
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == sum(p.numel() for p in NuwaTrainer(m).parameters() if p.requires_grad)
