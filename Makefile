@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 # the CPU build of torch; on a GPU machine install the CUDA build of torch yourself first
 TORCH   ?= torch==2.13.0
-PROMPT  ?= a snowy mountain range at sunset above a lake
+PROMPT  ?= snowy mountains above a pine forest and a lake at sunset
 export TORCH_NUM_THREADS ?= 2
 
 .PHONY: install demo test test-fast bench csrc clean
@@ -22,7 +22,7 @@ $(VENV)/.installed: setup.py pyproject.toml
 
 demo: install
 	$(BIN)/nuwa-fast generate --prompt "$(PROMPT)" --width 1536 --height 256 --seed 0 \
-	    --temperature 0.7 --top-k 50 --guidance 3 -o docs/demo_panorama.png
+	    --order right --temperature 0.8 --top-k 50 -o docs/demo_panorama.png
 
 csrc:
 	@if command -v nvcc >/dev/null 2>&1; then bash .ci/compile_csrc.sh; \

@@ -49,7 +49,7 @@ def prompt_test(model, seeds=8, size=256, top=32, guidance=3.0, order="down"):
 
 
 PANORAMA_PROMPT = "snowy mountains above a pine forest and a lake at sunset"
-DEMO_SAMPLING = dict(temperature=0.7, top_k=50, guidance=3.0)
+DEMO_SAMPLING = dict(temperature=0.8, top_k=50, order="right")      # what `make demo` uses
 
 
 def panorama(model, path, width=4096, height=256, prompt=PANORAMA_PROMPT, seed=0):
