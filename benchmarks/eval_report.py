@@ -83,10 +83,11 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     rep = evaluate(a.checkpoint, samples=a.samples)
+    model = nuwa_fast.load(a.checkpoint) if a.panorama or not a.skip_prompts else None
     if not a.skip_prompts:
-        rep["prompt_test"] = prompt_test(nuwa_fast.load(a.checkpoint), seeds=a.seeds, guidance=a.guidance)
+        rep["prompt_test"] = prompt_test(model, seeds=a.seeds, guidance=a.guidance)
     if a.panorama:
-        rep["panorama"] = panorama(nuwa_fast.load(a.checkpoint), a.panorama)
+        rep["panorama"] = panorama(model, a.panorama)
     rep["env"] = {"device": "cpu", "torch": torch.__version__, "nuwa_fast": nuwa_fast.__version__,
                   "python": platform.python_version(), "git": _git_rev(), "threads": torch.get_num_threads()}
     Path(a.out).write_text(json.dumps(rep, indent=2) + "\n")

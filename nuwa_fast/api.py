@@ -179,11 +179,6 @@ def _encode_pixels(model, img: np.ndarray, tile: int = 64):
     return out
 
 
-def _preflight(model, grid, order, batch, extent, sampling):
-    """The checks that need no pixels (pool size), run before the image is encoded."""
-    engine.check_fits(model, grid, order, batch, extent, sampling)
-
-
 def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None, cuda_graphs=None,
          compile_step=False):
     if use_oracle:
@@ -307,8 +302,8 @@ def outpaint(self: NuwaModel, image, left=0, right=0, top=0, bottom=0, prompt=No
     region = (tt // p, lt // p, (tt + Hi // f - 1) // p, (lt + Wi // f - 1) // p) if order == "outward" else None
     patch_order = adc.order(order, grid, region)
     prompts = _prompts(prompt, batch)
-    if not args["use_oracle"]:
-        _preflight(self, grid, patch_order, len(prompts), extent, s)
+    if not args["use_oracle"]:                                          # before the (costly) encode
+        engine.check_fits(self, grid, patch_order, len(prompts), extent, s)
     known = np.zeros((1, grid[1] * p, grid[2] * p), dtype=np.int64)
     mask = np.zeros_like(known, dtype=bool)
     toks = _encode_pixels(self, img)
@@ -335,8 +330,8 @@ def animate(self: NuwaModel, image, frames=8, prompt=None, order="down", batch=1
     grid = _grid(self, T, h, w)
     patch_order = adc.order(order, grid)
     prompts = _prompts(prompt, batch)
-    if not args["use_oracle"]:
-        _preflight(self, grid, patch_order, len(prompts), extent, s)
+    if not args["use_oracle"]:                                          # before the (costly) encode
+        engine.check_fits(self, grid, patch_order, len(prompts), extent, s)
     known = np.zeros((T, grid[1] * p, grid[2] * p), dtype=np.int64)
     mask = np.zeros_like(known, dtype=bool)
     known[0, :h, :w] = _encode_pixels(self, img)

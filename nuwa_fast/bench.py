@@ -441,12 +441,17 @@ def build_parser():
     return ap
 
 
-def main(argv=None) -> int:
-    argv = list(argv) if argv is not None else None
-    args = build_parser().parse_args(argv)
+def setup_device(args) -> torch.device:
+    """--device (default: cuda when present) and, on a CPU, --threads intra-op threads."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(max(1, args.threads))
+    return device
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = setup_device(args)
     if args.budget_s is None and device.type == "cuda":
         args.budget_s = 60.0
     args.budget = Budget(args.budget_s)

@@ -102,15 +102,19 @@ def validate_spec(model, spec: TaskSpec):
             raise ValueError(f"known tokens must lie in [0, {V}) for this checkpoint's codebook")
 
 
+def grid_extent(extent, grid):
+    """The extent clipped to the grid, so no slot is always empty."""
+    T, Hg, Wg = grid
+    return (min(extent[0], T - 1), min(extent[1], Hg - 1), min(extent[2], Wg - 1))
+
+
 def check_fits(model, grid, order, batch: int, extent=None, sampling=None, pool_dtype=None) -> int:
     """Raise ncp.PoolTooLarge (naming the pages needed) if this request's pool cannot be allocated.
 
     Needs only the grid and the order, so callers run it before any expensive work (encoding a
     source image); prepare() checks again when it allocates. Returns the pool's bytes.
     """
-    T, Hg, Wg = grid
-    e = check_extent(model, extent)
-    e = (min(e[0], T - 1), min(e[1], Hg - 1), min(e[2], Wg - 1))
+    e = grid_extent(check_extent(model, extent), grid)
     cfg = model.cfg
     Bt = batch * (2 if sampling is not None and sampling.guidance != 1.0 else 1)
     return ncp.check_pool_fits(ncp.plan(order, e, grid).peak_pages, Bt, cfg.layers, cfg.heads, cfg.P,
@@ -175,8 +179,7 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
         raise ValueError(f"max_patches must be a whole number >= 0, got {max_patches!r}")
     n = n_all if max_patches is None else min(int(max_patches), n_all)
     graphs = dev.type == "cuda" and (cuda_graphs is None or bool(cuda_graphs))
-    T, Hg, Wg = spec.grid
-    extent = (min(extent[0], T - 1), min(extent[1], Hg - 1), min(extent[2], Wg - 1))  # no always-empty slots
+    extent = grid_extent(extent, spec.grid)
 
     # host-side preparation: the only host -> device copies of the run
     plan = ncp.plan(spec.order, extent, spec.grid)

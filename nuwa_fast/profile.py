@@ -45,16 +45,13 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    argv = list(argv) if argv is not None else None
     args = build_parser().parse_args(argv)
     import nuwa_fast
     from nuwa_fast import adc, engine, nvtx
-    from nuwa_fast.bench import device_name
+    from nuwa_fast.bench import device_name, setup_device
     from nuwa_fast.engine import TaskSpec
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, args.threads))
+    device = setup_device(args)
     model = nuwa_fast.load(args.checkpoint, device=device)
     f, p = model.cfg.vq.f, model.cfg.patch
     grid = (1, -(-args.height // (f * p)), -(-args.width // (f * p)))
