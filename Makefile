@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=23" "setuptools>=64" wheel
 	$(BIN)/pip install -q $(TORCH)
-	NUWA_FAST_CUDA=0 $(BIN)/pip install -q --no-build-isolation -e ".[test,hf]"
+	NUWA_FAST_CUDA=0 $(BIN)/pip install -q --no-build-isolation -e ".[test,hf,text]"
 	touch $@
 
 demo: install

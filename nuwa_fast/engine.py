@@ -46,6 +46,8 @@ class TaskSpec:
     known: np.ndarray | None = None      # [T, Hg*p, Wg*p] int64 tokens, same for every sample
     known_mask: np.ndarray | None = None  # [T, Hg*p, Wg*p] bool
     extent: tuple | None = None          # None = the checkpoint's extent
+    directions: list | None = None       # [len(order)] index in model.DIRECTIONS of each step's order
+                                         # (layout conditioning); None = "down" for every step
 
     @property
     def batch(self) -> int:

@@ -6,16 +6,96 @@ within-patch position. Row s predicts token s. Each layer: self-attention over n
 
 The self-attention is pluggable (`attend(layer, q, k, v, q_start) -> out`): the engine writes k/v
 into the paged pool and calls ops.patch_attention; the oracle and training use dense attention.
+
+Where a patch lies (`Where`: its patch coordinates, its height on the canvas, the order's direction)
+reaches the decoder as a `Placement`, computed once per patch:
+  rope    (cfg.rope) 2D rotary embedding of token coordinates on q and k: the query of row s sits at
+          token s, the key of row s at token s-1 (the token it embeds), in canvas token coordinates
+          (y*p + r, x*p + c). Keys are rotated before they are written to their page, so the paged
+          kernels are unchanged and every score depends on the token offset only (HORIZON rotates
+          queries and memory keys the same way). Half the pairs rotate with the row, half with the
+          column. The ADC bias per patch offset stays.
+  add     (cfg.layout) a learned vector added to every row of the patch: the patch's height on the
+          canvas, (y + 0.5) / rows in [0, 1] (interpolated between LAYOUT_KNOTS learned vectors, so any
+          canvas height works), plus one per order direction (adc.ORDERS). So the first patch of any
+          order knows whether it is sky or ground.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NuwaConfig
+
+LAYOUT_KNOTS = 9
+DIRECTIONS = ("down", "right", "up", "left", "outward")      # adc.ORDERS: the layout's direction ids
+
+
+@dataclass
+class Where:
+    """Where each sample's patch lies: yx [B, 2] long patch coordinates, vfrac [B] float height of the
+    patch centre on the canvas (0 top, 1 bottom), direction [B] long (index of DIRECTIONS)."""
+    yx: torch.Tensor
+    vfrac: torch.Tensor
+    direction: torch.Tensor
+
+    @staticmethod
+    def of(yx, rows: int, direction: int, n: int, device=None, y_offset: float = 0.0, height=None) -> "Where":
+        """One patch (y, x) of a canvas `rows` patches high, repeated for n samples. y_offset/height
+        (in patches) place a crop inside a taller image: vfrac = (y_offset + y + 0.5) / height."""
+        y, x = int(yx[0]), int(yx[1])
+        h = float(height if height is not None else rows)
+        return Where(torch.tensor([[y, x]], device=device).expand(n, 2),
+                     torch.full((n,), (y_offset + y + 0.5) / h, device=device),
+                     torch.full((n,), int(direction), dtype=torch.long, device=device))
+
+
+@dataclass
+class Placement:
+    """What the decoder adds for a Where: add [B, 1, W] (layout) or None; rope = (cos_q, sin_q, cos_k,
+    sin_k), each [B, 1, P+1, D/2] fp32 over the P+1 rows, or None."""
+    add: torch.Tensor | None
+    rope: tuple | None
+
+    def rows(self, q_start: int, M: int):
+        if self.rope is None:
+            return None
+        return tuple(t[:, :, q_start:q_start + M] for t in self.rope)
+
+
+def rope_tables(yx, p: int, head_dim: int, base: float):
+    """cos/sin of the 2D rotary embedding for the P+1 rows of patches yx [B, 2] -> 4 x [B, 1, P+1, D/2].
+
+    Query row s sits at token s (row P, which predicts nothing, at local (p, 0)); key row s at token
+    s-1 (row 0 has no key: token 0). Pairs 0..D/4-1 turn with the token row, D/4..D/2-1 with the
+    column, at frequencies base ** (-i / (D/4)). Angles in float64, reduced mod 2 pi, so canvases of
+    any size keep full precision."""
+    P = p * p
+    dev = yx.device
+    s = torch.arange(P + 1, device=dev)
+    ks = (s - 1).clamp(min=0)
+    nf = head_dim // 4
+    freqs = base ** (-torch.arange(nf, device=dev, dtype=torch.float64) / nf)              # [nf]
+    y0 = yx[:, 0:1].to(torch.float64) * p                                                  # [B, 1]
+    x0 = yx[:, 1:2].to(torch.float64) * p
+    out = []
+    for rows in (s, ks):
+        ty = (y0 + (rows // p).to(torch.float64))[..., None] * freqs                      # [B, P+1, nf]
+        tx = (x0 + (rows % p).to(torch.float64))[..., None] * freqs
+        ang = torch.cat([ty, tx], -1).remainder(2 * math.pi)[:, None]                     # [B, 1, P+1, D/2]
+        out += [ang.cos().float(), ang.sin().float()]
+    return tuple(out)
+
+
+def apply_rope(t, cos, sin):
+    """Rotate consecutive pairs of t [B, H, M, D] by the angles of cos/sin [B or 1, 1, M, D/2]."""
+    tp = t.float().unflatten(-1, (-1, 2))                                                  # [B, H, M, D/2, 2]
+    a, b = tp[..., 0], tp[..., 1]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).to(t.dtype)
 
 
 class CrossAttention(nn.Module):
@@ -52,10 +132,13 @@ class DecoderLayer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(W, cfg.mlp_ratio * W), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.mlp_ratio * W, W))
 
-    def forward(self, x, layer, q_start, attend, text):
+    def forward(self, x, layer, q_start, attend, text, rope=None):
+        """rope: (cos_q, sin_q, cos_k, sin_k) of these M rows, [B or 1, 1, M, D/2] each, or None."""
         B, M, W = x.shape
         qkv = self.qkv(self.ln1(x)).view(B, M, 3, self.heads, W // self.heads)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))      # 3 x [B, H, M, D]
+        if rope is not None:
+            q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[2], rope[3])
         a = attend(layer, q, k, v, q_start)                              # [B, H, M, D]
         x = x + self.proj(a.transpose(1, 2).reshape(B, M, W))
         tk, tv, tmask = text[layer]
@@ -74,6 +157,9 @@ class VisionDecoder(nn.Module):
         self.pos_x = nn.Parameter(torch.randn(cfg.patch, W) * 0.02)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.layers))
         self.adc_bias = nn.Parameter(torch.zeros(cfg.layers, cfg.R, cfg.heads))   # B[l][R, heads]
+        if cfg.layout:
+            self.layout_y = nn.Parameter(torch.zeros(LAYOUT_KNOTS, W))      # height on the canvas
+            self.layout_dir = nn.Parameter(torch.zeros(len(DIRECTIONS), W))  # the order's direction
         self.ln_f = nn.LayerNorm(W)
         self.head = nn.Linear(W, cfg.vq.codebook_size, bias=False)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
@@ -83,7 +169,24 @@ class VisionDecoder(nn.Module):
         """Per-layer cross-attention keys/values of the text, computed once per generation."""
         return [(*layer.cross.text_kv(mem), mask) for layer in self.layers]
 
-    def embed(self, tokens, q_start: int, M: int):
+    def place(self, where: Where | None) -> Placement:
+        """The per-patch additions for `where` (None: a config without rope and layout only)."""
+        cfg = self.cfg
+        if where is None:
+            if cfg.rope or cfg.layout:
+                raise ValueError("this decoder uses rope/layout: pass where= (the patches' placement)")
+            return Placement(None, None)
+        add = None
+        if cfg.layout:
+            f = where.vfrac.float().clamp(0, 1) * (LAYOUT_KNOTS - 1)                  # [B]
+            i0 = f.floor().long().clamp(max=LAYOUT_KNOTS - 2)
+            w = (f - i0)[:, None]
+            add = (self.layout_y[i0] * (1 - w) + self.layout_y[i0 + 1] * w
+                   + self.layout_dir[where.direction])[:, None]                         # [B, 1, W]
+        rope = rope_tables(where.yx, cfg.patch, cfg.head_dim, cfg.rope_base) if cfg.rope else None
+        return Placement(add, rope)
+
+    def embed(self, tokens, q_start: int, M: int, placed: Placement | None = None):
         """Rows q_start .. q_start+M-1 of a patch. tokens [B, >= q_start+M-1] (token s-1 feeds row s)."""
         p = self.cfg.patch
         pos = (self.pos_y[:, None, :] + self.pos_x[None, :, :]).reshape(p * p, -1)   # [P, W]
@@ -94,13 +197,19 @@ class VisionDecoder(nn.Module):
         hi = q_start + M
         if hi > lo:
             rows.append(self.tok(tokens[:, lo - 1:hi - 1]) + pos[lo - 1:hi - 1])       # [B, hi-lo, W]
-        return torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+        x = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+        if placed is not None and placed.add is not None:
+            x = x + placed.add.to(x.dtype)
+        return x
 
-    def forward(self, tokens, q_start: int, M: int, attend, text, logits: bool = True):
-        """Run rows q_start..q_start+M-1; returns logits [B, M, V] (or the final hidden states)."""
-        x = self.embed(tokens, q_start, M)
+    def forward(self, tokens, q_start: int, M: int, attend, text, logits: bool = True, where=None):
+        """Run rows q_start..q_start+M-1; returns logits [B, M, V] (or the final hidden states).
+        where: a Where, or a Placement computed once per patch (self.place)."""
+        placed = where if isinstance(where, Placement) else self.place(where)
+        x = self.embed(tokens, q_start, M, placed)
+        rope = placed.rows(q_start, M)
         for l, layer in enumerate(self.layers):
-            x = layer(x, l, q_start, attend, text)
+            x = layer(x, l, q_start, attend, text, rope)
         x = self.ln_f(x)
         return self.head(x) if logits else x
 
@@ -144,11 +253,11 @@ class NuwaModel(nn.Module):
 
     def __init__(self, cfg: NuwaConfig):
         super().__init__()
-        from .text import TextEncoder
+        from .text import make_text_encoder
         from .vq import VQModel
         self.cfg = cfg
         self.vq = VQModel(cfg.vq)
-        self.text = TextEncoder(cfg.text, cfg.width)
+        self.text = make_text_encoder(cfg.text, cfg.width)
         self.decoder = VisionDecoder(cfg)
 
     @property

@@ -13,7 +13,7 @@ import torch
 
 from . import adc
 from .engine import Stats, TaskSpec, check_extent, patch_known, validate_spec
-from .model import dense_attention
+from .model import Where, dense_attention
 from .sampling import Sampling, guide, sample
 
 
@@ -60,13 +60,14 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), *
             return dense_attention(q, k[:, :, 1:], v[:, :, 1:], 0, ck, cv, cb, table[own_row],
                                    dec.layers[l].null_k, dec.layers[l].null_v, dec.scale)
 
+        where = Where.of((y, x), Hg, spec.directions[i] if spec.directions else 0, Bt, dev)
         known, kmask = patch_known(spec, (t, y, x), p)
         buf = torch.zeros(Bt, P, dtype=torch.long, device=dev)
         if kmask is not None and kmask.all():
             buf[:] = torch.as_tensor(known, device=dev)
         else:
             for s in range(P):                                # recompute rows 0..s for every row s
-                logits = dec(buf, 0, s + 1, attend, text)[:, s]
+                logits = dec(buf, 0, s + 1, attend, text, where=where)[:, s]
                 lg = guide(logits, B, sampling.guidance) if guided else logits
                 tok = sample(lg, sampling, seed, sample_ids, i, s)
                 if kmask is not None and kmask[s]:
@@ -74,7 +75,7 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), *
                 else:
                     stats.generated_tokens += B
                 buf[:, s] = tok.repeat(Bt // B)
-        dec(buf, 0, P + 1, attend, text, logits=False)        # final pass: the keys/values of all P tokens
+        dec(buf, 0, P + 1, attend, text, logits=False, where=where)   # final pass: the keys/values of all P tokens
         kv[(t, y, x)] = [captured[l] for l in range(cfg.layers)]
         out[:, t, y * p:(y + 1) * p, x * p:(x + 1) * p] = buf[:B].view(B, p, p)
     stats.seconds = time.perf_counter() - t0

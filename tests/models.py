@@ -17,6 +17,9 @@ def small_model(seed=0, **kw):
         model = nuwa_fast.load(small_config(**kw))
         with torch.no_grad():       # a non-trivial ADC table and null value, so both are exercised
             model.decoder.adc_bias.normal_(0, 1.0)
+            if model.cfg.layout:    # and non-zero layout embeddings (they start at zero)
+                model.decoder.layout_y.normal_(0, 1.0)
+                model.decoder.layout_dir.normal_(0, 1.0)
             for layer in model.decoder.layers:
                 layer.null_v.normal_(0, 0.5)
             model.decoder.head.weight.normal_(0, 0.5)

@@ -19,14 +19,36 @@ import torch
 import torch.nn.functional as F
 
 from .. import adc, ncp
-from ..model import dense_attention
+from ..model import Where, dense_attention
 
 
 def to_chain(tokens, order, p: int):
-    """tokens [B, Hc*p, Wc*p] -> [B, N, P] in `order` ((t, y, x) list, t = 0)."""
+    """tokens [B, Hc*p, Wc*p] (or clips [B, T, Hc*p, Wc*p]) -> [B, N, P] in `order` ((t, y, x) list)."""
     B = tokens.shape[0]
-    out = [tokens[:, y * p:(y + 1) * p, x * p:(x + 1) * p].reshape(B, p * p) for _, y, x in order]
+    if tokens.dim() == 3:
+        tokens = tokens[:, None]
+    out = [tokens[:, t, y * p:(y + 1) * p, x * p:(x + 1) * p].reshape(B, p * p) for t, y, x in order]
     return torch.stack(out, 1)                                                 # [B, N, P]
+
+
+def chain_where(order, y_offset, height, direction: int, device=None) -> Where:
+    """Placement of every patch of B chains, sample-major (row b*N + n): patch n of `order` in a crop
+    whose top lies y_offset[b] patches below the top of an image height[b] patches high."""
+    yx = torch.tensor([[y, x] for _, y, x in order], dtype=torch.long)        # [N, 2]
+    yo = torch.as_tensor(y_offset, dtype=torch.float32)[:, None]               # [B, 1]
+    h = torch.as_tensor(height, dtype=torch.float32)[:, None]
+    B, N = yo.shape[0], yx.shape[0]
+    vfrac = (yo + yx[None, :, 0].float() + 0.5) / h                            # [B, N]
+    return Where(yx.repeat(B, 1).to(device), vfrac.reshape(-1).to(device),
+                 torch.full((B * N,), int(direction), dtype=torch.long, device=device))
+
+
+def where_step(where: Where | None, B: int, N: int, i: int) -> Where | None:
+    """The B rows of step i of a sample-major chain placement."""
+    if where is None:
+        return None
+    idx = torch.arange(B, device=where.yx.device) * N + i
+    return Where(where.yx[idx], where.vfrac[idx], where.direction[idx])
 
 
 def context(order, extent, trained_extent) -> torch.Tensor:
@@ -75,8 +97,9 @@ def repeat_text(text, n: int):
     return [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0), m.repeat_interleave(n, 0)) for k, v, m in text]
 
 
-def parallel_logits(dec, chain, rel, text, logits=True):
-    """chain [B, N, P] tokens, rel [N, N], text: per-layer (k, v, mask) of B samples -> [B, N, P, V]."""
+def parallel_logits(dec, chain, rel, text, logits=True, where=None):
+    """chain [B, N, P] tokens, rel [N, N], text: per-layer (k, v, mask) of B samples -> [B, N, P, V].
+    where: chain_where(...) of the B*N patches (needed by rope/layout configs)."""
     B, N, P = chain.shape
     rows = P + 1
     masks = {}
@@ -93,11 +116,11 @@ def parallel_logits(dec, chain, rel, text, logits=True):
         o = torch.einsum("bhmn,bhnd->bhmd", torch.softmax(s, -1).to(v.dtype), v)  # [B, H, N*rows, D]
         return o.reshape(B, H, N, rows, D).transpose(1, 2).reshape(B * N, H, rows, D)
 
-    out = dec(chain.reshape(B * N, P), 0, rows, attend, repeat_text(text, N), logits=logits)
+    out = dec(chain.reshape(B * N, P), 0, rows, attend, repeat_text(text, N), logits=logits, where=where)
     return out.reshape(B, N, rows, -1)[:, :, :P]                                # rows 0..P-1 predict tokens
 
 
-def patch_forward(dec, buf, ctx, text, logits=True):
+def patch_forward(dec, buf, ctx, text, logits=True, where=None):
     """One patch, rows 0..P, dense attention against context pages.
 
     buf [B, P] tokens; ctx: list of (pages, bias_row) with pages = [(k, v) per layer], k/v [B, H, P, D].
@@ -121,13 +144,14 @@ def patch_forward(dec, buf, ctx, text, logits=True):
         return dense_attention(q, k[:, :, 1:], v[:, :, 1:], 0, ck, cv, cb, table[own_row],
                                dec.layers[l].null_k, dec.layers[l].null_v, dec.scale)
 
-    out = dec(buf, 0, P + 1, attend, text, logits=logits)
+    out = dec(buf, 0, P + 1, attend, text, logits=logits, where=where)
     return out[:, :P], page
 
 
-def sequential_logits(dec, chain, order, extent, text):
+def sequential_logits(dec, chain, order, extent, text, where=None):
     """The oracle's computation with teacher forcing: patches in order, each against its selected
     context pages (brute-force selection from the definition). chain [B, N, P] -> [B, N, P, V]."""
+    B, N = chain.shape[:2]
     step_of = {tuple(o): i for i, o in enumerate(order)}
     pages, outs = {}, []
     for i, (t, y, x) in enumerate(order):
@@ -136,6 +160,6 @@ def sequential_logits(dec, chain, order, extent, text):
             j = (t + d[0], y + d[1], x + d[2])
             if j in step_of and step_of[j] < i:
                 ctx.append((pages[j], adc.rel_index(d, dec.cfg.extent)))
-        lg, pages[(t, y, x)] = patch_forward(dec, chain[:, i], ctx, text)
+        lg, pages[(t, y, x)] = patch_forward(dec, chain[:, i], ctx, text, where=where_step(where, B, N, i))
         outs.append(lg)
     return torch.stack(outs, 1)

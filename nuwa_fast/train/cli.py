@@ -78,6 +78,7 @@ def build_parser(prog="nuwa-fast train"):
     ap.add_argument("--cache", default=None, help="nuwa: token cache (nuwa-fast train cache ...) to cut chains from")
     ap.add_argument("--images", type=int, default=200, help="cache: number of images")
     ap.add_argument("--size", default="256x512", help="cache: image HxW in pixels")
+    ap.add_argument("--frames", type=int, default=1, help="cache: frames per clip (> 1: moving landscape clips)")
     ap.add_argument("--init", default=None, help="nuwa: checkpoint to start the decoder and text encoder from; vq: checkpoint to start the VQ from")
     ap.add_argument("--chains", type=_chains, default=d.chains,
                     help="nuwa: patch-chain shapes HxW[xweight], e.g. 4x3x0.5,2x4x0.5")
@@ -87,7 +88,25 @@ def build_parser(prog="nuwa-fast train"):
     ap.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     ap.add_argument("--bias-lr-scale", type=float, default=d.bias_lr_scale,
                     help="nuwa: LR multiplier of the ADC bias table (additive attention biases need large moves)")
+    ap.add_argument("--phrasing", type=float, default=d.phrasing,
+                    help="nuwa: probability of a fresh plain-English phrasing of a cached image's attributes as its caption")
+    ap.add_argument("--outward", type=float, default=d.outward,
+                    help="nuwa: probability per step of an 'outward' order from a random region (outpainting)")
+    ap.add_argument("--video-cache", default=None, help="nuwa: token cache of clips (train cache --frames 3 ...)")
+    ap.add_argument("--video", type=float, default=d.video, help="nuwa: probability per step of a clip chain")
+    ap.add_argument("--video-chain", type=_video_chain, default=d.video_chain,
+                    help="nuwa: clip chain FxHxW (frames x patch rows x patch cols), e.g. 2x4x2")
     return ap
+
+
+def _video_chain(v):
+    try:
+        f, h, w = (int(x) for x in v.lower().split("x"))
+        if min(f, h, w) < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--video-chain: expected FxHxW (positive ints), got {v!r}") from None
+    return (f, h, w)
 
 
 def options_from_args(a) -> TrainOptions:
@@ -98,7 +117,8 @@ def options_from_args(a) -> TrainOptions:
                         bundle=a.bundle, sizes=a.sizes, gan=a.gan, decoder_only=a.decoder_only, gan_start=a.gan_start,
                         restart_every=a.restart_every, commit_weight=a.commit_weight, vq=a.vq, cache=a.cache, init=a.init, chains=a.chains, mode=a.mode,
                         caption_drop=a.caption_drop, label_smoothing=a.label_smoothing,
-                        bias_lr_scale=a.bias_lr_scale)
+                        bias_lr_scale=a.bias_lr_scale, phrasing=a.phrasing, outward=a.outward,
+                        video_cache=a.video_cache, video=a.video, video_chain=a.video_chain)
 
 
 def main(argv=None):
@@ -119,7 +139,7 @@ def main(argv=None):
         if a.threads:
             torch.set_num_threads(a.threads)
         h, w = (int(x) for x in a.size.split("x"))
-        build_cache(load_checkpoint(a.vq).vq, a.data, a.images, h, w, a.out, seed=a.seed)
+        build_cache(load_checkpoint(a.vq).vq, a.data, a.images, h, w, a.out, seed=a.seed, frames=a.frames)
     else:
         if not a.vq and not a.init and not a.resume:
             raise SystemExit("nuwa-fast train nuwa: pass --vq runs/vq/last.safetensors (the stage-1 VQ)")

@@ -36,12 +36,12 @@ def bits_per_token(model, data="landscape", samples=16, chain=(4, 3), extents=No
         for b0 in range(0, samples, batch):
             g = sources.rng(seed, 0, b0, salt=5)                              # same images for every order
             bs = min(batch, samples - b0)
-            ch, prompts, order, _ = draw_chain_batch(model.vq, opt, g, bs, cfg.patch, heldout=True,
-                                                     shape=chain, order=name)
+            ch, prompts, order, _, where = draw_chain_batch(model.vq, opt, g, bs, cfg.patch, heldout=True,
+                                                            shape=chain, order=name)
             mem, mask = model.text.encode_prompts(prompts, model.device)
             text = dec.text_memory(mem, mask)
             for k, ext in extents.items():
-                lg = chainlib.parallel_logits(dec, ch, chainlib.context(order, ext, cfg.extent), text)
+                lg = chainlib.parallel_logits(dec, ch, chainlib.context(order, ext, cfg.extent), text, where=where)
                 sums[k] += F.cross_entropy(lg.reshape(-1, V).float(), ch.reshape(-1), reduction="sum").item()
             n += ch.numel()
         out[name] = {k: v / n / math.log(2) for k, v in sums.items()}

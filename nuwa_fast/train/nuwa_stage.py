@@ -38,35 +38,52 @@ class NuwaTrainer(nn.Module):
         mem, mask = self.text.encode_prompts(prompts, dev)
         return self.decoder.text_memory(mem, mask)
 
-    def forward(self, kind, chain, prompts, rel=None, ctx=None, label_smoothing=0.0):
+    def forward(self, kind, chain, prompts, rel=None, ctx=None, label_smoothing=0.0, where=None):
         """kind "chain": chain [B, N, P] -> mean CE over all tokens;
         kind "patch": chain [B, P] one patch against ctx -> (CE, page)."""
         text = self.text_memory(prompts, chain.device)
         V = self.decoder.cfg.vq.codebook_size
         if kind == "chain":
-            lg = chainlib.parallel_logits(self.decoder, chain, rel, text)       # [B, N, P, V]
+            lg = chainlib.parallel_logits(self.decoder, chain, rel, text, where=where)   # [B, N, P, V]
             return F.cross_entropy(lg.reshape(-1, V).float(), chain.reshape(-1), label_smoothing=label_smoothing)
-        lg, page = chainlib.patch_forward(self.decoder, chain, ctx, text)      # [B, P, V]
+        lg, page = chainlib.patch_forward(self.decoder, chain, ctx, text, where=where)  # [B, P, V]
         return F.cross_entropy(lg.reshape(-1, V).float(), chain.reshape(-1), label_smoothing=label_smoothing), page
 
 
-def draw_chain_batch(vq, opt: TrainOptions, g, batch, p, heldout=False, shape=None, order=None, cache=None):
-    """-> (chain tokens [B, N, P], prompts [B], order, (Hc, Wc)). Deterministic in g.
+def draw_chain_batch(vq, opt: TrainOptions, g, batch, p, heldout=False, shape=None, order=None, cache=None,
+                     video_cache=None):
+    """-> (chain tokens [B, N, P], prompts [B], order, (Hc, Wc), where). Deterministic in g.
 
-    With a TokenCache the chains are token windows of cached images; else images are rendered
-    and tokenised by the VQ.
+    With a TokenCache the chains are token windows of cached images (clips from video_cache with
+    probability opt.video: frames outermost, each frame in the same basic order); else images are
+    rendered and tokenised by the VQ. The order is a basic one, or with probability opt.outward
+    "outward" from a random rectangle of the chain. `where` places every patch of the B chains
+    (chain.chain_where: its height in the source image, the order's direction).
     """
-    if shape is None:
+    from ..model import DIRECTIONS
+    clip = video_cache is not None and shape is None and order is None and g.random() < opt.video
+    if clip:
+        T, Hc, Wc = opt.video_chain
+    elif shape is None:
+        T = 1
         w = np.array([c[2] if len(c) > 2 else 1.0 for c in opt.chains], np.float64)
         Hc, Wc = opt.chains[int(g.choice(len(w), p=w / w.sum()))][:2]
     else:
-        Hc, Wc = shape
+        T, (Hc, Wc) = 1, shape
+    region = None
     if order is None:
         order = adc.BASIC_ORDERS[int(g.integers(4))]
+        if not clip and opt.outward > 0 and g.random() < opt.outward:
+            y0, x0 = int(g.integers(Hc)), int(g.integers(Wc))
+            region = (y0, x0, min(Hc - 1, y0 + int(g.integers(2))), min(Wc - 1, x0 + int(g.integers(2))))
+            order = "outward"
     dev = vq.codebook.device
     if cache is not None:
-        tok, prompts = cache.crop(g, batch, Hc * p, Wc * p)
+        src = video_cache if clip else cache
+        tok, prompts, placed = src.crop_placed(g, batch, Hc * p, Wc * p, frames=T, phrasing=opt.phrasing)
         tok = tok.to(dev)
+        y_off = [y / p for y in placed["y_offset"]]
+        height = [placed["height"] / p] * batch
     else:
         pix = p * vq.f
         imgs, prompts = [], []
@@ -76,22 +93,41 @@ def draw_chain_batch(vq, opt: TrainOptions, g, batch, p, heldout=False, shape=No
             prompts.append(cap)
         with torch.no_grad():
             tok = vq.encode(sources.to_tensor(np.stack(imgs)).to(dev))          # [B, Hc*p, Wc*p]
+        y_off, height = [0.0] * batch, [float(Hc)] * batch
     drop = g.random(batch) < opt.caption_drop
     prompts = ["" if d else c for c, d in zip(prompts, drop.tolist())]
-    orde = adc.order(order, (Hc, Wc))
-    return chainlib.to_chain(tok, orde, p), prompts, orde, (Hc, Wc)
+    orde = adc.order([order] * T if T > 1 else order, (T, Hc, Wc), region)
+    where = chainlib.chain_where(orde, y_off, height, DIRECTIONS.index(order), dev)
+    return chainlib.to_chain(tok, orde, p), prompts, orde, (Hc, Wc), where
 
 
-def build_model(cfg, opt: TrainOptions):
+def _warm_start(model, src, path, log):
+    """Start from another config's checkpoint: every decoder/VQ tensor of the same name and shape is
+    copied (e.g. an older bundle before rope, layout or a new text encoder); the rest stay as
+    initialised. Refused when the decoder's shape differs (nothing useful would carry over)."""
+    c, s = model.cfg, src.cfg
+    if (c.width, c.layers, c.heads, c.patch, c.extent, c.vq) != (s.width, s.layers, s.heads, s.patch, s.extent, s.vq):
+        raise ValueError(f"--init {path}: its decoder (width {s.width}, layers {s.layers}, heads {s.heads}, "
+                         f"patch {s.patch}, extent {s.extent}) or VQ differs from the preset's; start without --init")
+    mine, theirs = model.state_dict(), src.state_dict()
+    same = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape and not k.startswith("text.")}
+    model.load_state_dict(same, strict=False)
+    fresh = sorted(k for k in mine if k not in same)
+    log(f"--init {path}: warm start, {len(same)} tensors copied, {len(fresh)} fresh: "
+        f"{', '.join(fresh[:8])}{' ...' if len(fresh) > 8 else ''}")
+
+
+def build_model(cfg, opt: TrainOptions, log=print):
     from ..checkpoint import load_checkpoint
     from ..model import NuwaModel
     torch.manual_seed(opt.seed)
     model = NuwaModel(cfg)
     if opt.init:
         src = load_checkpoint(opt.init)
-        if src.cfg != cfg:
-            raise ValueError(f"--init {opt.init} was trained with another config than preset {cfg.name}")
-        model.load_state_dict(src.state_dict())
+        if src.cfg == cfg:
+            model.load_state_dict(src.state_dict())
+        else:
+            _warm_start(model, src, opt.init, log)
     if opt.vq:
         src = load_checkpoint(opt.vq)
         if src.cfg.vq != cfg.vq:
@@ -106,7 +142,7 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
     if opt.threads:
         torch.set_num_threads(opt.threads)
     rank, world, dev = common.setup_distributed(opt.device)
-    model = build_model(cfg, opt).to(dev)
+    model = build_model(cfg, opt, log).to(dev)
     trainer = NuwaTrainer(model).train()
     optim = common.make_adamw(trainer.parameters(), opt.lr, opt.weight_decay, fast=[model.decoder.adc_bias],
                               fast_scale=opt.bias_lr_scale)
@@ -118,10 +154,12 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
     metrics = common.MetricsLog(f"{opt.out}/metrics.jsonl", enabled=common.is_main())
     p = cfg.patch
     rel_cache = {}
-    cache = None
+    cache = video_cache = None
     if opt.cache:
         from .cache import TokenCache
         cache = TokenCache(opt.cache)
+        if opt.video_cache and opt.video > 0:
+            video_cache = TokenCache(opt.video_cache)
     steps = range(start, opt.steps)
     if opt.progress and common.is_main():
         from tqdm import tqdm
@@ -129,7 +167,8 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
     params = [q for q in trainer.parameters() if q.requires_grad]
     for step in steps:
         g = sources.rng(opt.seed, rank, step)
-        chain, prompts, order, shape = draw_chain_batch(model.vq, opt, g, opt.batch, p, cache=cache)
+        chain, prompts, order, shape, where = draw_chain_batch(model.vq, opt, g, opt.batch, p, cache=cache,
+                                                               video_cache=video_cache)
         lr = common.lr_at(step, opt.steps, opt.lr, opt.warmup)
         common.set_lr(optim, lr)
         if opt.mode == "parallel":
@@ -137,13 +176,14 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
             if key not in rel_cache:
                 rel_cache[key] = chainlib.context(order, cfg.extent, cfg.extent)
             with common.autocast(dev, opt.cpu_bf16):
-                loss = ddp("chain", chain, prompts, rel=rel_cache[key], label_smoothing=opt.label_smoothing)
+                loss = ddp("chain", chain, prompts, rel=rel_cache[key], label_smoothing=opt.label_smoothing,
+                           where=where)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
         else:
-            loss, gn = _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt)
+            loss, gn = _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where)
         if common.is_main() and step % opt.log_every == 0:
             loss = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
             row = {"step": step, "lr": lr, "loss": loss, "bits": loss / math.log(2),
@@ -163,7 +203,7 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
     return model
 
 
-def _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt):
+def _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where=None):
     """The paper's training: per patch forward, backward, step; pages join the pool detached."""
     step_of = {tuple(o): i for i, o in enumerate(order)}
     pages, total, gn = {}, 0.0, 0.0
@@ -174,7 +214,8 @@ def _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt):
             if j in step_of and step_of[j] < i:
                 ctx.append((pages[j], adc.rel_index(d, cfg.extent)))
         with common.autocast(chain.device, opt.cpu_bf16):
-            loss, page = ddp("patch", chain[:, i], prompts, ctx=ctx, label_smoothing=opt.label_smoothing)
+            loss, page = ddp("patch", chain[:, i], prompts, ctx=ctx, label_smoothing=opt.label_smoothing,
+                             where=chainlib.where_step(where, chain.shape[0], chain.shape[1], i))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         gn = float(torch.nn.utils.clip_grad_norm_(params, 1.0))

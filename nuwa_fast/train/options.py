@@ -43,6 +43,11 @@ class TrainOptions:
     mode: str = "parallel"              # "parallel" (teacher-forced block mask) | "sequential" (render-and-optimize)
     caption_drop: float = 0.1
     label_smoothing: float = 0.0
+    phrasing: float = 0.85              # nuwa: P(a fresh phrasing of the cached image's attributes as caption)
+    outward: float = 0.0                # nuwa: P(an "outward" order from a random region) per step
+    video_cache: str | None = None      # nuwa: token cache of moving clips (train cache --frames 3)
+    video: float = 0.0                  # nuwa: P(a clip chain from video_cache) per step
+    video_chain: tuple = (2, 4, 2)      # nuwa: (frames, patch rows, patch cols) of a clip chain
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -51,7 +56,7 @@ class TrainOptions:
     PINNED = ("batch", "lr", "warmup", "seed", "data", "sizes", "mse_weight", "commit_weight", "restart_every", "gan",
               "gan_start", "gan_weight", "decoder_only", "chains", "mode", "caption_drop", "label_smoothing", "weight_decay",
               "bias_lr_scale",
-              "cache")
+              "cache", "phrasing", "outward", "video_cache", "video", "video_chain")
 
     def check_resume(self, saved: dict):
         for k in self.PINNED:
