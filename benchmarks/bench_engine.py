@@ -1,7 +1,7 @@
 """End-to-end engine benchmarks: the same code as `nuwa-fast bench` (nuwa_fast/bench.py).
 
-    python3 benchmarks/bench_engine.py --quick            # CI-sized, < 2 min on one CPU core
-    python3 benchmarks/bench_engine.py                    # full tables; JSON in benchmarks/results/
+    python3 benchmarks/bench_engine.py --quick            # CI-sized, about a minute on one CPU core
+    python3 benchmarks/bench_engine.py                    # full tables; JSON in out/bench/ (--save-results: benchmarks/results/)
     python3 benchmarks/bench_engine.py --device cuda      # GPU, time-boxed (--budget-s, 60 s default)
 
 See `python3 benchmarks/bench_engine.py --help` and nuwa_fast/bench.py for the methods.

@@ -1,8 +1,12 @@
 """`nuwa-fast bench`: end-to-end engine benchmarks (also benchmarks/bench_engine.py).
 
-    nuwa-fast bench --quick                  # CI-sized (< 2 min on one CPU core)
+    nuwa-fast bench --quick                  # CI-sized (about a minute on one CPU core)
     nuwa-fast bench                          # the full tables (CPU: several minutes on one core)
     nuwa-fast bench --device cuda            # GPU (time-boxed by --budget-s, 60 s by default there)
+    nuwa-fast bench --height 256 --width 1536 --batch 2     # your own canvas: the `shape` section only
+
+JSON goes to --out, by default out/bench/engine_<device>.json under the current folder; the committed
+tables in benchmarks/results/ are rewritten only with --save-results.
 
 Sections (--sections, comma-separated; default all):
   memory     peak NCP pages and bytes from ncp.plan, every order x canvas 4x4 .. 64x64 and a 1x512
@@ -14,6 +18,8 @@ Sections (--sections, comma-separated; default all):
   oracle     engine vs the naive oracle: tokens/s at 512x512 (8x8 patches, both to completion) and at
              16x16 patches (both on the first patches of the order), batch 1 and a larger batch
   e2e        end-to-end tokens/s and patches/s of the default engine, batch 1 and a larger batch
+  shape      one generation of the canvas given by --height/--width/--frames/--batch/--order (after a
+             one-patch warm-up): tokens/s, patches/s, seconds, peak pages; the default when a size is given
 
 Latency method: to measure a patch whose context is full (steady state) without generating everything
 before it, the first `ff` patches of the order are *given* (random known tokens, prefilled in one pass
@@ -343,7 +349,7 @@ def sec_modes(model, args, out):
 
 
 def sec_oracle(model, args, out):
-    """Issue-2 measurement and the 20x target: engine vs oracle tokens/s."""
+    """Engine vs the naive oracle, tokens/s (the oracle recomputes every patch's context from scratch)."""
     rows = []
     cases = [((1, 2, 2), 1, None, None)] if args.quick else \
         [((1, 8, 8), 1, None, None),                 # 512x512 at f=8, p=8: both to completion
@@ -400,8 +406,36 @@ def sec_e2e(model, args, out):
     out["e2e"] = rows
 
 
+def user_grid(cfg, args):
+    """--height/--width (pixels, default 256) and --frames -> patch grid (T, Hg, Wg)."""
+    def tokens(px):
+        return -(-px // cfg.vq.f)
+    h, w = tokens(args.height or 256), tokens(args.width or 256)
+    return (args.frames, -(-h // cfg.patch), -(-w // cfg.patch))
+
+
+def sec_shape(model, args, out):
+    from nuwa_fast import engine
+    grid = user_grid(model.cfg, args)
+    kw = dict(attention=args.attention, cuda_graphs=args.cuda_graphs, compile_step=args.compile == "on",
+              **args.run_kw)
+    spec = spec_for(model.cfg, grid, args.order, batch=args.batch)
+    engine.run(model, spec_for(model.cfg, (1, 1, 1), args.order, batch=args.batch), **kw)    # warm-up
+    _, st = engine.run(model, spec, seed=0, **kw)
+    row = dict(height=args.height or 256, width=args.width or 256, frames=args.frames, batch=args.batch,
+               order=args.order, canvas=f"{grid[0]}x{grid[1]}x{grid[2]}", **_rate(st), peak_pages=st.peak_pages,
+               pool_mib=mib(st.pool_bytes), attention=st.extra["attention"], backend=st.backend,
+               compiled=st.extra["compiled"], **args.run_kw)
+    _print_last(row)
+    table(f"Your canvas: {row['width']} x {row['height']} px, {args.frames} frame(s), batch {args.batch}, "
+          f"order {args.order}", [row],
+          [("canvas", "T x Hg x Wg", ""), ("tokens_per_s", "tokens/s", ".0f"), ("patches_per_s", "patches/s", ".2f"),
+           ("seconds", "s", ".2f"), ("peak_pages", "pages", "d"), ("pool_mib", "pool MiB", ".1f")])
+    out["shape"] = row
+
+
 SECTIONS = {"memory": sec_memory, "e2e": sec_e2e, "latency": sec_latency, "modes": sec_modes,
-            "oracle": sec_oracle, "fullctx": sec_fullctx}
+            "oracle": sec_oracle, "fullctx": sec_fullctx, "shape": sec_shape}
 DEFAULT_ORDER = ("memory", "e2e", "latency", "modes", "oracle", "fullctx")
 
 
@@ -424,20 +458,30 @@ def _print_last(row):
 
 def build_parser():
     ap = argparse.ArgumentParser(prog="nuwa-fast bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI-sized run (< 2 min on one CPU core)")
+    ap.add_argument("--quick", action="store_true", help="CI-sized run (about a minute on one CPU core)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     ap.add_argument("--checkpoint", "-c", default="tiny", help="checkpoint path or preset (default tiny)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads; default 1)")
-    ap.add_argument("--batch", type=int, default=1, help="samples per call for latency/modes (default 1)")
+    ap.add_argument("--batch", type=int, default=1, help="samples per call for shape/latency/modes (default 1)")
+    ap.add_argument("--height", type=int, default=None, help="canvas height in pixels for `shape` (default 256)")
+    ap.add_argument("--width", type=int, default=None, help="canvas width in pixels for `shape` (default 256)")
+    ap.add_argument("--frames", type=int, default=1, help="frames for `shape` (default 1: an image)")
+    ap.add_argument("--order", default="down", help="patch order for `shape` (default down)")
+    ap.add_argument("--schedule", default=None,
+                    help="engine schedule for `shape` (passed to engine.run; an error if this engine has none)")
     ap.add_argument("--big-batch", type=int, default=16, help="the larger batch of e2e/oracle (default 16)")
     ap.add_argument("--attention", default=None, help="engine attention mode (default: the engine's)")
     ap.add_argument("--cuda-graphs", choices=("on", "off"), default="on")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="a torch.compile row in `modes` (auto: full CPU runs; compiling takes 10-60 s)")
-    ap.add_argument("--sections", default=",".join(DEFAULT_ORDER), help=f"subset of {','.join(DEFAULT_ORDER)}")
+    ap.add_argument("--sections", default=None,
+                    help=f"subset of {','.join(SECTIONS)} (default: shape when a size is given, else "
+                         f"{','.join(DEFAULT_ORDER)})")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="stop starting new measurements after this many seconds (default: none on a CPU, 60 on a GPU)")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/engine_<device>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default out/bench/engine_<device>.json)")
+    ap.add_argument("--save-results", action="store_true",
+                    help="write the committed table benchmarks/results/engine_<device>.json instead")
     return ap
 
 
@@ -456,6 +500,22 @@ def main(argv=None) -> int:
         args.budget_s = 60.0
     args.budget = Budget(args.budget_s)
     args.cuda_graphs = args.cuda_graphs == "on"
+    if args.out and args.save_results:
+        raise SystemExit("give --out or --save-results, not both")
+    for name in ("height", "width", "frames", "batch"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise SystemExit(f"--{name} must be >= 1, got {v}")
+    args.run_kw = {}
+    if args.schedule is not None:
+        import inspect
+        from nuwa_fast import engine
+        if "schedule" not in inspect.signature(engine.run).parameters:
+            raise SystemExit(f"--schedule {args.schedule}: this engine has no schedule option")
+        args.run_kw["schedule"] = args.schedule
+    if args.sections is None:
+        sized = args.height is not None or args.width is not None or args.frames != 1
+        args.sections = "shape" if sized or args.schedule is not None else ",".join(DEFAULT_ORDER)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -467,12 +527,13 @@ def main(argv=None) -> int:
                 big_batch=args.big_batch, attention=args.attention, cuda_graphs=args.cuda_graphs,
                 config=json.loads(model.cfg.to_json()))
     name = info["device"].replace(" ", "_")
-    path = args.out or os.path.join(ROOT, "benchmarks", "results", f"engine_{name}.json")
+    path = args.out or (os.path.join(ROOT, "benchmarks", "results", f"engine_{name}.json") if args.save_results
+                        else os.path.join("out", "bench", f"engine_{name}.json"))
     print(f"nuwa-fast bench | {info['device']} | torch {info['torch']} | triton {info['triton']} | git {info['git']} | "
           f"threads {info['threads']} | preset {model.cfg.name} | {'quick' if args.quick else 'full'}")
     result = dict(info)
     t0 = time.perf_counter()
-    for s in [s for s in DEFAULT_ORDER if s in sections]:
+    for s in [s for s in SECTIONS if s in sections]:
         if _out_of_time(args):
             result.setdefault("skipped", []).append(s)
             continue

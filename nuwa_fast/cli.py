@@ -60,10 +60,29 @@ def _common(sp, video=False, size=True):
     sp.add_argument("--backend", default=None, help="torch | triton | cuda (default: best for the device)")
     sp.add_argument("--out", "-o", required=True, help="output file (.png for images, .gif/.mp4 for videos)")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _speed(sp)
+
+
+def _speed(sp):
+    g = sp.add_argument_group("speed")
+    g.add_argument("--threads", type=_int("--threads"), default=None,
+                   help="CPU threads for torch (default: the cores this process may use)")
+    g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="weights and compute dtype (default: as stored, float32)")
+    g.add_argument("--attention", default=None, choices=("paged", "gathered", "sdpa", "flex"),
+                   help="where attention reads its context (default: gathered on torch, paged on triton/cuda)")
+    g.add_argument("--cuda-graphs", default=None, choices=("on", "off"),
+                   help="capture and replay the per-row step as CUDA graphs (default: on with CUDA)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the per-row step: pays off on large canvases only (a warning says when not)")
+    g.add_argument("--preview", type=_int("--preview"), default=None, metavar="N",
+                   help="rewrite OUT's .preview.png every N patches while generating (removed at the end)")
 
 
 def build_parser():
+    from . import __version__
     ap = argparse.ArgumentParser(prog="nuwa-fast", description="NUWA-Infinity: images and videos of any size")
+    ap.add_argument("--version", action="version", version=f"nuwa-fast {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     _common(sub.add_parser("generate", help="unconditional or text-to-image"))
     sp = sub.add_parser("outpaint", help="extend an image on any side")
@@ -85,6 +104,12 @@ def build_parser():
 def _kwargs(a):
     kw = dict(seed=a.seed, batch=a.batch, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
               guidance=a.guidance, extent=a.extent, backend=a.backend, progress=not a.quiet)
+    if a.attention:
+        kw["attention"] = a.attention
+    if a.cuda_graphs:
+        kw["cuda_graphs"] = a.cuda_graphs == "on"
+    if a.compile:
+        kw["compile_step"] = True
     if a.order:
         kw["order"] = a.order
     return kw
@@ -107,15 +132,31 @@ def run(argv=None) -> int:
         return getattr(module, fn)(argv[1:]) or 0
     a = build_parser().parse_args(argv)
     import nuwa_fast
+    from . import runtime
     if a.cmd == "info":
         from nuwa_fast import ops
         model = nuwa_fast.load(a.checkpoint)
         n = sum(p.numel() for p in model.parameters())
-        print(json.dumps({"config": json.loads(model.cfg.to_json()), "parameters": n,
-                          "backends": ops.available_backends()}, indent=2))
+        print(json.dumps({"nuwa_fast": nuwa_fast.__version__, "torch": __import__("torch").__version__,
+                          "checkpoint": runtime.checkpoint_path(a.checkpoint), "parameters": n,
+                          "threads": runtime.default_threads(), "backends": ops.available_backends(),
+                          "backend_status": runtime.backend_report(),
+                          "config": json.loads(model.cfg.to_json())}, indent=2))
         return 0
-    model = nuwa_fast.load(a.checkpoint, device=a.device)
+    runtime.set_threads(a.threads)
+    preview = runtime.PreviewWriter(a.out, a.preview) if a.preview is not None else None
+    model = nuwa_fast.load(a.checkpoint, device=a.device, dtype=a.dtype)
     kw = _kwargs(a)
+    if preview is not None:
+        kw["on_patch"] = preview
+    try:
+        return _task(a, model, kw)
+    finally:
+        if preview is not None:
+            preview.remove()
+
+
+def _task(a, model, kw) -> int:
     if a.cmd == "generate":
         r = model.generate_image(a.prompt, height=a.height, width=a.width, **kw)
     elif a.cmd == "video":
@@ -128,7 +169,7 @@ def run(argv=None) -> int:
     s = r.stats
     print(f"wrote {', '.join(paths)}: {s.patches} patches, {s.generated_tokens} tokens sampled in "
           f"{s.seconds:.2f} s ({s.tokens_per_second:.0f} tokens/s), peak {s.peak_pages} pages, "
-          f"backend {s.backend}")
+          f"backend {s.backend}, {__import__('torch').get_num_threads()} threads")
     return 0
 
 

@@ -1,0 +1,93 @@
+"""What the command line sets up around a generation: CPU threads, backend report, live preview."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def default_threads() -> int:
+    """The cores this process may run on (its CPU affinity), not every core of the machine."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):                                   # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(n: int | None) -> int:
+    """torch's intra-op threads: n, or default_threads() when None. Returns the number set."""
+    n = default_threads() if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"--threads must be a whole number >= 1, got {n!r}")
+    torch.set_num_threads(n)
+    return n
+
+
+def backend_report() -> dict:
+    """{backend: "available" | why it is absent} for the ops registry's three backends."""
+    from . import ops
+    have = set(ops.available_backends())
+    out = {"torch": "available (reference, fp32 accumulation)"}
+    if "triton" in have:
+        out["triton"] = "available" + (" (interpreter: TRITON_INTERPRET=1)" if not torch.cuda.is_available() else "")
+    else:
+        try:
+            import triton  # noqa: F401
+            out["triton"] = ("absent: no CUDA device (TRITON_INTERPRET=1 runs the kernels in the interpreter, "
+                             "slowly)" if not torch.cuda.is_available() else "absent: the Triton kernels did not load")
+        except ImportError:
+            out["triton"] = "absent: triton is not installed (pip install 'nuwa-fast[triton]')"
+    if "cuda" in have:
+        out["cuda"] = "available"
+    elif not torch.cuda.is_available():
+        out["cuda"] = "absent: no CUDA device (torch.cuda.is_available() is False)"
+    else:
+        try:
+            from . import _C  # noqa: F401
+            out["cuda"] = "absent: nuwa_fast._C is built but did not register"
+        except ImportError:
+            out["cuda"] = ("absent: the csrc module nuwa_fast._C is not built (reinstall with nvcc on the PATH; "
+                           "NUWA_FAST_CUDA=1 makes a failed build an error)")
+    return out
+
+
+def checkpoint_path(name_or_path) -> str:
+    """The file a `load(name_or_path)` reads, or what it builds instead."""
+    from .checkpoint import bundled_path
+    if os.path.exists(str(name_or_path)):
+        return os.path.abspath(name_or_path)
+    bp = bundled_path(str(name_or_path))
+    return str(bp) if bp is not None else f"none: preset {name_or_path!r} with random weights"
+
+
+class PreviewWriter:
+    """An on_patch callback that rewrites `<output>.preview.png` every `every` patches.
+
+    Sample 0, the frame being generated, decoded from the tokens so far (patches not reached yet
+    decode from token 0). Written to a temporary name and renamed, so a viewer never reads half a file.
+    """
+
+    def __init__(self, out_path: str, every: int):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"--preview must be a whole number of patches >= 1, got {every!r}")
+        root, _ = os.path.splitext(out_path)
+        self.path, self.every, self.writes = f"{root}.preview.png", every, 0
+
+    def __call__(self, event) -> None:
+        done = event.index + 1
+        if done % self.every and done != event.total:
+            return
+        d, name = os.path.split(os.path.abspath(self.path))
+        os.makedirs(d, exist_ok=True)
+        tmp = os.path.join(d, f".{name}.tmp{os.getpid()}.png")
+        try:
+            event.image().save(tmp)
+            os.replace(tmp, self.path)
+            self.writes += 1
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def remove(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
