@@ -10,6 +10,7 @@ import importlib.util
 import os
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,3 +28,12 @@ if importlib.util.find_spec("nuwa_fast.kernels") is None:     # not installed: m
 
 # Test shapes are tiny: one thread avoids OpenMP oversubscription on shared CI cores.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The CLI sets torch's threads (--threads, default: every core this process may use); tests that run
+    it in-process must not leave that to the tests after them."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)

@@ -42,9 +42,34 @@ def _extent(v):
     return e
 
 
+DATA_HELP = """\
+data sources (--data; nothing is downloaded):
+  landscape            procedural landscapes rendered on the fly, captioned from what they show
+                         --data landscape
+  skimage              the photographs scikit-image ships (pip install scikit-image), random crops
+                         --data skimage
+  folder:PATH          your own images and videos: PATH/*.png|jpg|jpeg|webp|bmp, videos (.gif, and
+                       .mp4 & co. when imageio can read them), or a subfolder of frames per video;
+                       captions from a same-named .txt, or PATH/captions.json / captions.jsonl
+                       ({"photo.jpg": "a lake at dawn"}); no caption = unconditional
+                         --data folder:/data/my_photos
+  a mixture            comma-separated sources with relative weights (a folder path may not hold
+                       a comma)
+                         --data landscape:0.85,skimage:0.15
+                         --data landscape:3,folder:/data/my_photos:1
+
+train your own model on your folder (stage 1, then stage 2; add --resume to continue a killed run):
+  nuwa-fast train vq --preset tiny --data folder:/data/my_photos --steps 1500 --batch 8 --out runs/vq
+  nuwa-fast train nuwa --preset tiny --vq runs/vq/last.safetensors --data folder:/data/my_photos \\
+      --steps 2000 --batch 8 --out runs/nuwa
+  nuwa-fast generate -c runs/nuwa/last.safetensors --prompt "a lake at dawn" --width 512 -o out/mine.png
+"""
+
+
 def build_parser(prog="nuwa-fast train"):
     ap = argparse.ArgumentParser(prog=prog, description="Train the VQ tokenizer (stage 1) or the NUWA "
-                                 "decoder + text encoder (stage 2)")
+                                 "decoder + text encoder (stage 2)", epilog=DATA_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=("vq", "nuwa", "cache"),
                     help="vq: stage 1; nuwa: stage 2; cache: tokenise --images wide images once for stage 2 "
                          "(--out is then the .safetensors file)")
