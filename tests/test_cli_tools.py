@@ -162,3 +162,19 @@ def test_train_help_lists_every_data_source_with_an_example(tmp_path):
     Image.fromarray(np.full((40, 40, 3), 120, np.uint8)).save(tmp_path / "a.png")
     for spec in specs:                                                # every example parses
         assert make_source(spec.replace("/data/my_photos", str(tmp_path))) is not None
+
+
+def test_model_card_figures_match_the_eval_json():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import model_card
+    finally:
+        sys.path.pop(0)
+    path = model_card.eval_json("tiny")
+    ev = json.load(open(path))
+    card = open(model_card.CARD).read()
+    assert model_card.updated_card(card, model_card.render(ev, path)) == card, \
+        "docs/model_card.md is out of date: run python3 benchmarks/model_card.py"
+    assert f"{ev['vq']['psnr']:.1f} dB PSNR" in card
+    ev["vq"]["psnr"] += 1.0                                       # a new eval changes the card
+    assert model_card.updated_card(card, model_card.render(ev, path)) != card
