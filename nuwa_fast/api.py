@@ -224,8 +224,8 @@ def _compile_advice(stats):
     """Warn once per process when torch.compile cost more than it could have saved in this run.
 
     The compile happens in the first decoded patch (or, on CUDA, while capturing): its cost is the
-    time above the median of the other patches. A compiled step is taken to be at most 2x faster than the eager
-    one (measured: ~1.2x on a CPU), so it saves at most one median patch time per patch.
+    time above the median of the other patches. A compiled step is taken to be at most 2x faster than
+    the eager one (measured: 1.2-2x on a CPU), so it saves at most one median patch time per patch.
     """
     global _COMPILE_ADVICE_GIVEN
     ps = stats.extra.get("patch_seconds") or []
@@ -240,8 +240,8 @@ def _compile_advice(stats):
         pays = int(cost / max(med, 1e-9)) + 1
         warnings.warn(f"compile_step: compiling took about {cost:.1f} s of this {stats.seconds:.1f} s run and "
                       f"can save at most about {gain:.1f} s over its {len(ps)} patches; it pays off from "
-                      f"about {pays} patches per call. Leave it off for canvases this small (compile_step=False, the default; the CLI without --compile).",
-                      stacklevel=3)
+                      f"about {pays} patches per call. Leave it off for canvases this small "
+                      f"(compile_step=False, the default; the CLI without --compile).", stacklevel=3)
 
 
 def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None, cuda_graphs=None,

@@ -20,7 +20,6 @@ torch's global generator (reproducible after torch.manual_seed). The seed used i
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,17 +126,15 @@ class Pipeline:
     # ---- the calls ---------------------------------------------------------------------------------
     def __call__(self, prompt=None, height: int = 256, width: int = 256, frames: int = 1,
                  num_images_per_prompt: int = 1, generator=None, seed=None, output_type: str = "pil",
-                 order: str | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 order: str = "down", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  guidance_scale: float = 1.0, on_patch=None, **kwargs) -> PipelineOutput:
         """Text-to-image (frames=1, output .images) or text-to-video (frames > 1, output .frames).
 
-        order: the patch order; default "right" for a canvas wider than tall (the vertical layout is
-        fixed by the first patch column, see the README's sampling tips), else "down".
+        order: the patch order, "down" by default as for the task methods; "right" suits wide canvases
+        (the README's sampling tips).
         Other keywords go to the task: extent, backend, attention, cuda_graphs, compile_step, region.
         """
         prompts = _expand_prompts(prompt, num_images_per_prompt)
-        if order is None:
-            order = "right" if _is_wide(height, width) else "down"
         video = _frames(frames) > 1
         task = self.model.generate_video if video else self.model.generate_image
         extra = {"frames": frames} if video else {}
@@ -199,9 +196,3 @@ def _frames(frames):
         raise ValueError(f"frames must be a whole number >= 1, got {frames!r}")
     return int(frames)
 
-
-def _is_wide(height, width) -> bool:
-    try:
-        return float(width) > float(height) and math.isfinite(float(width))
-    except (TypeError, ValueError):
-        return False                                   # the task names the bad size

@@ -39,8 +39,7 @@ def test_prompt_list_and_images_per_prompt_match_the_task_method(pipe, model):
     out = pipe(["a lake", "a forest"], height=13, width=30, num_images_per_prompt=2, seed=3)
     assert len(out.images) == 4 and all(isinstance(im, Image.Image) and im.size == (30, 13) for im in out.images)
     assert out.frames is None and out.seed == 3 and out.stats.extra["seed"] == 3
-    ref = model.generate_image(["a lake", "a lake", "a forest", "a forest"], batch=4, height=13, width=30,
-                               order="right", seed=3)              # wide canvas: the pipeline picks "right"
+    ref = model.generate_image(["a lake", "a lake", "a forest", "a forest"], batch=4, height=13, width=30, seed=3)
     assert torch.equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(np.stack([np.asarray(im) for im in out.images]), ref.pixels)
 
@@ -48,14 +47,15 @@ def test_prompt_list_and_images_per_prompt_match_the_task_method(pipe, model):
 def test_generator_gives_the_task_methods_tokens(pipe, model):
     expected = int(torch.randint(0, SEED_RANGE, (1,), generator=torch.Generator().manual_seed(0)))
     g = torch.Generator().manual_seed(0)
-    out = pipe("a lake", height=12, width=12, generator=g, temperature=0.8, top_k=10)
+    out = pipe("a lake", height=12, width=12, generator=g, temperature=0.8, top_k=10, order="right")
     assert out.seed == expected
-    ref = model.generate_image("a lake", height=12, width=12, seed=expected, temperature=0.8, top_k=10)
+    ref = model.generate_image("a lake", height=12, width=12, seed=expected, temperature=0.8, top_k=10,
+                               order="right")
     assert torch.equal(out.tokens, ref.tokens)
-    again = pipe("a lake", height=12, width=12, generator=g, temperature=0.8, top_k=10)
+    again = pipe("a lake", height=12, width=12, generator=g, temperature=0.8, top_k=10, order="right")
     assert again.seed != out.seed                          # the generator advanced, as in diffusers
     same = pipe("a lake", height=12, width=12, generator=[torch.Generator().manual_seed(0)], temperature=0.8,
-                top_k=10)
+                top_k=10, order="right")
     assert torch.equal(same.tokens, out.tokens)
     with pytest.raises(ValueError, match="not both"):
         pipe("a lake", height=12, width=12, generator=g, seed=1)
