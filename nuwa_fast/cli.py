@@ -143,7 +143,10 @@ def run(argv=None) -> int:
                           "backend_status": runtime.backend_report(),
                           "config": json.loads(model.cfg.to_json())}, indent=2))
         return 0
-    runtime.set_threads(a.threads)
+    threads = runtime.set_threads(a.threads)
+    hint = runtime.busy_hint(threads) if a.threads is None else None
+    if hint:
+        print(hint, file=sys.stderr)
     preview = runtime.PreviewWriter(a.out, a.preview) if a.preview is not None else None
     model = nuwa_fast.load(a.checkpoint, device=a.device, dtype=a.dtype)
     kw = _kwargs(a)

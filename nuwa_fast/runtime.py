@@ -23,6 +23,22 @@ def set_threads(n: int | None) -> int:
     return n
 
 
+def busy_hint(threads: int, loadavg=None) -> str | None:
+    """A one-line hint when more threads than idle cores are asked for (OpenMP threads that wait for a
+    preempted sibling at every barrier can be many times slower than one thread), else None."""
+    if threads <= 1:
+        return None
+    try:
+        load = os.getloadavg()[0] if loadavg is None else loadavg
+    except (AttributeError, OSError):
+        return None
+    cores = default_threads()
+    if load <= cores - threads + 0.5:
+        return None
+    return (f"note: load average {load:.1f} on the {cores} cores this process may use; with other work "
+            f"running, --threads 1 can be much faster than --threads {threads}")
+
+
 def backend_report() -> dict:
     """{backend: "available" | why it is absent} for the ops registry's three backends."""
     from . import ops

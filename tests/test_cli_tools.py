@@ -60,6 +60,13 @@ def test_threads_flag_sets_torch_threads(ckpt, tmp_path):
         torch.set_num_threads(1)
 
 
+def test_busy_hint():
+    cores = runtime.default_threads()
+    assert runtime.busy_hint(1, loadavg=50.0) is None
+    assert runtime.busy_hint(2, loadavg=0.0) is None
+    assert "--threads 1" in runtime.busy_hint(2, loadavg=cores + 3.0)
+
+
 def test_speed_flags_reach_the_engine(ckpt, tmp_path, capsys):
     from nuwa_fast.cli import main
     try:
