@@ -131,6 +131,8 @@ def run(argv=None) -> int:
             return 2
         return getattr(module, fn)(argv[1:]) or 0
     a = build_parser().parse_args(argv)
+    import warnings
+    warnings.formatwarning = lambda message, *args, **kw: f"warning: {message}\n"
     import nuwa_fast
     from . import runtime
     if a.cmd == "info":
