@@ -1,6 +1,6 @@
 """End-to-end engine benchmarks: the same code as `nuwa-fast bench` (nuwa_fast/bench.py).
 
-    python3 benchmarks/bench_engine.py --quick            # CI-sized, about a minute on one CPU core
+    python3 benchmarks/bench_engine.py --quick            # CI-sized, 30-40 s of CPU, under 2 min on a busy core
     python3 benchmarks/bench_engine.py                    # full tables; JSON in out/bench/ (--save-results: benchmarks/results/)
     python3 benchmarks/bench_engine.py --device cuda      # GPU, time-boxed (--budget-s, 60 s default)
 

@@ -1,6 +1,6 @@
 """`nuwa-fast bench`: end-to-end engine benchmarks (also benchmarks/bench_engine.py).
 
-    nuwa-fast bench --quick                  # CI-sized (about a minute on one CPU core)
+    nuwa-fast bench --quick                  # CI-sized (30-40 s of CPU; under 2 min on a busy core)
     nuwa-fast bench                          # the full tables (CPU: several minutes on one core)
     nuwa-fast bench --device cuda            # GPU (time-boxed by --budget-s, 60 s by default there)
     nuwa-fast bench --height 256 --width 1536 --batch 2     # your own canvas: the `shape` section only
@@ -458,7 +458,7 @@ def _print_last(row):
 
 def build_parser():
     ap = argparse.ArgumentParser(prog="nuwa-fast bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI-sized run (about a minute on one CPU core)")
+    ap.add_argument("--quick", action="store_true", help="CI-sized run (30-40 s of CPU; under 2 min on a busy core)")
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     ap.add_argument("--checkpoint", "-c", default="tiny", help="checkpoint path or preset (default tiny)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads; default 1)")
