@@ -1,5 +1,6 @@
 """Sample-quality metrics of benchmarks/eval_report.py: FID/KID, seam ratio, sky steering, upside-down
-classifier, frame change. numpy (and torch for the Inception network) only; no scikit-learn, no scipy.
+classifier, frame change. numpy and torch only (no scikit-learn, no scipy); the heavy linear algebra runs in torch, which
+keeps to torch.set_num_threads (numpy's BLAS may not).
 
 Images are uint8 [B, H, W, 3] (clips [B, T, H, W, 3]) unless said otherwise.
 """
@@ -71,15 +72,27 @@ class Inception:
         return np.concatenate(out)
 
 
+def fid(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
+    """Frechet distance of Gaussians fitted to two feature sets [N, D]:
+    |mu_a - mu_b|^2 + tr S_a + tr S_b - 2 tr (S_a S_b)^1/2. With centred A [n, D], B [m, D],
+    S_a = A'A / (n-1), S_b = B'B / (m-1), the eigenvalues of S_a S_b are the squared singular values of
+    A B' / sqrt((n-1)(m-1)) [n, m], so tr (S_a S_b)^1/2 is its nuclear norm: no D x D matrix square root
+    (fid_reference does that; the two agree). In torch float64, which keeps to torch's thread count."""
+    a, b = torch.from_numpy(np.asarray(feat_a, np.float64)), torch.from_numpy(np.asarray(feat_b, np.float64))
+    A, B = a - a.mean(0), b - b.mean(0)                                             # [n, D], [m, D]
+    n, m = len(a), len(b)
+    tr_sqrt = torch.linalg.svdvals(A @ B.T).sum() / np.sqrt((n - 1) * (m - 1))
+    mu = ((a.mean(0) - b.mean(0)) ** 2).sum()
+    return float(mu + (A ** 2).sum() / (n - 1) + (B ** 2).sum() / (m - 1) - 2 * tr_sqrt)
+
+
 def _sqrt_psd(a: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh((a + a.T) / 2)
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def fid(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
-    """Frechet distance of Gaussians fitted to two feature sets [N, D]:
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2), with tr (S_a S_b)^1/2 = tr (S_a^1/2 S_b S_a^1/2)^1/2
-    (symmetric PSD, so eigh only: no complex sqrtm)."""
+def fid_reference(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
+    """The textbook form of fid(), D x D: tr (S_a S_b)^1/2 = tr (S_a^1/2 S_b S_a^1/2)^1/2 by eigh."""
     mu_a, mu_b = feat_a.mean(0), feat_b.mean(0)
     s_a, s_b = np.cov(feat_a, rowvar=False), np.cov(feat_b, rowvar=False)
     r = _sqrt_psd(s_a)
@@ -88,11 +101,11 @@ def fid(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_sqrt)
 
 
-def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     d = x.shape[1]
     kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
     m, n = len(x), len(y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+    return float((kxx.sum() - kxx.trace()) / (m * (m - 1)) + (kyy.sum() - kyy.trace()) / (n * (n - 1))
                  - 2 * kxy.mean())
 
 
@@ -102,8 +115,9 @@ def kid(feat_a: np.ndarray, feat_b: np.ndarray, subsets: int = 50, subset_size: 
     k(x, y) = (x.y / d + 1)^3, over `subsets` random subsets (without replacement) of each set."""
     size = min(subset_size or 1000, len(feat_a), len(feat_b))
     g = np.random.default_rng(seed)
-    vals = [_mmd2_unbiased(feat_a[g.choice(len(feat_a), size, replace=False)],
-                           feat_b[g.choice(len(feat_b), size, replace=False)]) for _ in range(subsets)]
+    a, b = torch.from_numpy(np.asarray(feat_a, np.float64)), torch.from_numpy(np.asarray(feat_b, np.float64))
+    vals = [_mmd2_unbiased(a[g.choice(len(a), size, replace=False)], b[g.choice(len(b), size, replace=False)])
+            for _ in range(subsets)]
     return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "subsets": subsets, "subset_size": size}
 
 

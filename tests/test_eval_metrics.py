@@ -22,6 +22,14 @@ def test_fid_of_a_set_with_itself_is_zero_and_a_shift_costs_its_square():
     assert em.fid(f, f + 0.5) == pytest.approx(24 * 0.25, rel=1e-6)       # same covariance: |mu_a - mu_b|^2
 
 
+@pytest.mark.parametrize("n,m,d", [(40, 90, 64), (120, 50, 16), (9, 9, 3)])
+def test_fid_matches_the_d_by_d_reference(n, m, d):
+    g = np.random.default_rng(n)
+    a, b = g.normal(size=(n, d)) * g.uniform(0.5, 2, d), g.normal(size=(m, d)) @ g.normal(size=(d, d)) / 3 + 0.2
+    print("fid", em.fid(a, b), "reference", em.fid_reference(a, b))
+    assert em.fid(a, b) == pytest.approx(em.fid_reference(a, b), rel=1e-6, abs=1e-8)
+
+
 def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_two():
     g = np.random.default_rng(1)
     a, b = g.normal(size=(300, 16)), g.normal(size=(300, 16))
