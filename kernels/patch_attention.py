@@ -5,10 +5,14 @@ docstring for shapes and layouts). Two launch modes share one kernel body:
 
 - one pass: grid (cdiv(M, BLOCK_M), B*H, 1). A program owns BLOCK_M query rows of one (sample, head),
   walks null -> context slots c = 0..C-1 -> own page, and writes the normalised output.
-- split over slots (flash-decoding, for decode when B*H leaves SMs idle): grid (.., B*H, S). Split s
-  walks slots [s*cps, (s+1)*cps); split 0 also takes the null key, split S-1 the own page. Each writes
-  its running max (log2 units), sum and unnormalised output [B*H, S, M, D] in fp32; `_reduce_kernel`
-  (grid (M, B*H)) merges them.
+- split over keys (flash-decoding, for decode when B*H leaves SMs idle): grid (.., B*H, S). The keys
+  of a row are laid out flat: the valid context slots' pages back to back (n_valid * P keys, empty
+  slots take no room), then the own page's visible keys. Split s takes the flat range
+  [s*kps, (s+1)*kps), kps = cdiv(total, S) rounded up to BLOCK_N, so every split gets the same
+  number of keys whatever the slots hold ("down" leaves 13 of 25 slots empty: splitting over slots
+  would idle about half the programs). Split 0 also takes the null key. Each split writes its running
+  max (log2 units), sum and unnormalised output [B*H, S, M, D] in fp32; `_reduce_kernel`
+  (grid (M, B*H)) merges them. A split whose range is empty writes (-1e30, 0, 0).
 
 Blocking: q tile [BLOCK_M, BLOCK_D] stays in registers; keys/values stream in [BLOCK_N, BLOCK_D]
 chunks (BLOCK_N = power of two, the page tail P % BLOCK_N is masked at load time, so unused memory is
@@ -75,18 +79,18 @@ def _online_update(m_i, l_i, acc, s, v, BLOCK_M: tl.constexpr, UPCAST: tl.conste
     return m_new, l_i, acc
 
 
-@triton.jit(do_not_specialize=["q_start", "own_rel", "slots_per_split"])
+@triton.jit(do_not_specialize=["q_start", "own_rel"])
 def _patch_attn_kernel(
         Q, K, V, PT, OWN, BIAS, NK, NV, OUT, M_PART, L_PART, ACC_PART,
-        q_start, M, P, C, H, own_rel, qk_scale, slots_per_split,
+        q_start, M, P, C, H, own_rel, qk_scale,
         stride_qb, stride_qh, stride_qm, stride_qd,
         stride_kn, stride_kh, stride_kp, stride_kd,
         stride_vn, stride_vh, stride_vp, stride_vd,
         stride_ptb, stride_ptc, stride_br, stride_bh,
         stride_nkh, stride_nkd, stride_nvh, stride_nvd,
         stride_ob, stride_oh, stride_om, stride_od,
-        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -111,40 +115,56 @@ def _patch_attn_kernel(
     l_i = tl.where(first, 1.0, 0.0) + tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.where(first, 1.0, 0.0) * nv[None, :] + tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # context slots: full pages, slot bias added to every score; empty slots (-1) run zero iterations
-    c_lo = split * slots_per_split
-    c_hi = tl.minimum(c_lo + slots_per_split, C)
-    for c in range(c_lo, c_hi):
-        slot = tl.load(PT + b * stride_ptb + c * stride_ptc)
-        n_end = tl.where(slot >= 0, P, 0)
+    # this program's share of the flat key range: valid slots' pages, then the own page's keys
+    # 0 .. q_start+row_hi-2 (row m sees q_start+m of them; keys past the block's last visible one are
+    # never loaded: not yet written, may hold NaN)
+    pt_row = PT + b * stride_ptb
+    offs_c = tl.arange(0, BLOCK_C)
+    slots = tl.load(pt_row + offs_c * stride_ptc, mask=offs_c < C, other=-1)      # [BLOCK_C]
+    n_valid = tl.sum((slots >= 0).to(tl.int32), axis=0)
+    row_hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, M)
+    n_own = q_start + row_hi - 1
+    own_start = n_valid * P
+    total = own_start + n_own
+    kps = ((total + n_splits - 1) // n_splits + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    lo = split * kps
+    hi = tl.minimum(lo + kps, total)
+
+    # context slots: full pages, slot bias added to every score; empty slots take no keys
+    j = 0                                                                  # valid slots before c
+    for c in range(0, C):
+        slot = tl.load(pt_row + c * stride_ptc)
+        start = j * P
+        a = tl.maximum(lo - start, 0)
+        e = tl.where(slot >= 0, tl.minimum(hi - start, P), 0)
+        j += (slot >= 0).to(tl.int32)
         page = tl.maximum(slot, 0).to(tl.int64)
         k_base = K + page * stride_kn + h * stride_kh
         v_base = V + page * stride_vn + h * stride_vh
         bias_c = tl.load(BIAS + c * stride_br + h * stride_bh).to(tl.float32) * 1.4426950408889634
-        for n0 in range(0, n_end, BLOCK_N):
+        for n0 in range(a, e, BLOCK_N):
             offs = n0 + offs_n
-            kv_mask = (offs < P)[:, None] & d_mask[None, :]
+            kv_mask = (offs < e)[:, None] & d_mask[None, :]
             k = tl.load(k_base + offs[:, None] * stride_kp + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
             v = tl.load(v_base + offs[:, None] * stride_vp + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
             s = _qk(q, k, BLOCK_M, UPCAST, IEEE) * qk_scale + bias_c
-            s = tl.where((offs < P)[None, :], s, float("-inf"))
+            s = tl.where((offs < e)[None, :], s, float("-inf"))
             m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v, BLOCK_M, UPCAST, IEEE)
 
-    # own page (last split): row m sees keys 0 .. q_start+m-1; keys past the block's last visible
-    # one are never loaded (not yet written, may hold NaN)
-    row_hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, M)
-    n_own = tl.where(split == n_splits - 1, q_start + row_hi - 1, 0)
+    # own page: causal, row m sees keys 0 .. q_start+m-1
     own = tl.load(OWN + b).to(tl.int64)
     k_base = K + own * stride_kn + h * stride_kh
     v_base = V + own * stride_vn + h * stride_vh
     bias_o = tl.load(BIAS + own_rel * stride_br + h * stride_bh).to(tl.float32) * 1.4426950408889634
-    for n0 in range(0, n_own, BLOCK_N):
+    a = tl.maximum(lo - own_start, 0)
+    e = tl.minimum(hi - own_start, n_own)
+    for n0 in range(a, e, BLOCK_N):
         offs = n0 + offs_n
-        kv_mask = (offs < n_own)[:, None] & d_mask[None, :]
+        kv_mask = (offs < e)[:, None] & d_mask[None, :]
         k = tl.load(k_base + offs[:, None] * stride_kp + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs[:, None] * stride_vp + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
         s = _qk(q, k, BLOCK_M, UPCAST, IEEE) * qk_scale + bias_o
-        s = tl.where(offs[None, :] < (q_start + offs_m)[:, None], s, float("-inf"))
+        s = tl.where((offs[None, :] < (q_start + offs_m)[:, None]) & (offs < e)[None, :], s, float("-inf"))
         m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v, BLOCK_M, UPCAST, IEEE)
 
     if SPLIT:
@@ -214,21 +234,22 @@ _TUNED = {
 }
 
 
-def _default_splits(B, H, M, C, device) -> int:
-    """Split over slots only for decode-sized M when B*H programs leave SMs idle."""
-    if device.type != "cuda" or M > 16 or C < 2:
+def default_splits(B, H, M, C, P, device) -> int:
+    """Flash-decoding splits for decode-sized M when B*H programs leave SMs idle: about two programs
+    per SM, at most 32 splits and at least 128 keys of the fullest possible row per split."""
+    if device.type != "cuda" or M > 16:
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if B * H >= sms:
         return 1
-    return max(1, min(C, 32, triton.cdiv(2 * sms, B * H)))
+    return max(1, min(32, triton.cdiv(2 * sms, B * H), triton.cdiv((C + 1) * P, 128)))
 
 
 def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel, null_k, null_v,
                     scale, num_splits=None):
     """Triton backend of `nuwa_fast.ops.reference.patch_attention` (same arguments and result).
 
-    num_splits: None = heuristic (split over slots for decode when B*H < SM count), else forced.
+    num_splits: None = heuristic (split the flat key range for decode when B*H < SM count), else forced.
     """
     B, H, M, D = q.shape
     N, Hk, P, Dk = k_cache.shape
@@ -248,10 +269,8 @@ def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, ow
     # and let torch round
     out_dtype = torch.float32 if interpret and q.dtype == torch.bfloat16 else q.dtype
     out = torch.empty((B, H, M, D), device=q.device, dtype=out_dtype)
-    S = num_splits if num_splits is not None else _default_splits(B, H, M, C, q.device)
-    S = max(1, min(int(S), max(C, 1)))
-    cps = triton.cdiv(C, S) if C else 1
-    S = triton.cdiv(C, cps) if C else 1                                    # no trailing empty split
+    S = num_splits if num_splits is not None else default_splits(B, H, M, C, P, q.device)
+    S = max(1, int(S))
     split = S > 1
     if split:
         m_part = torch.empty((B * H, S, M), device=q.device, dtype=torch.float32)
@@ -263,10 +282,10 @@ def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, ow
     block_d = max(16, triton.next_power_of_2(D))
     decode = M == 1
     args = (q, k_cache, v_cache, page_table, own_page, bias, null_k, null_v, out, m_part, l_part, acc_part,
-            int(q_start), M, P, C, H, int(own_rel), float(scale) * LOG2E, cps,
+            int(q_start), M, P, C, H, int(own_rel), float(scale) * LOG2E,
             *q.stride(), *k_cache.stride(), *v_cache.stride(), *page_table.stride(), *bias.stride(),
             *null_k.stride(), *null_v.stride(), *out.stride())
-    consts = dict(HEAD_DIM=D, BLOCK_D=block_d, SPLIT=split, UPCAST=interpret,
+    consts = dict(HEAD_DIM=D, BLOCK_D=block_d, BLOCK_C=triton.next_power_of_2(max(C, 1)), SPLIT=split, UPCAST=interpret,
                   IEEE=q.dtype == torch.float32)
     if interpret:   # one fixed config: autotuning in the interpreter only costs time
         cfg = {"BLOCK_M": 1 if decode else 16, "BLOCK_N": min(32, max(16, triton.next_power_of_2(P)))}
