@@ -79,7 +79,7 @@ def _online_update(m_i, l_i, acc, s, v, BLOCK_M: tl.constexpr, UPCAST: tl.conste
     return m_new, l_i, acc
 
 
-@triton.jit(do_not_specialize=["q_start", "own_rel"])
+@triton.jit(do_not_specialize=["q_start", "own_rel", "SPLIT"])
 def _patch_attn_kernel(
         Q, K, V, PT, OWN, BIAS, NK, NV, OUT, M_PART, L_PART, ACC_PART,
         q_start, M, P, C, H, own_rel, qk_scale,
@@ -88,9 +88,9 @@ def _patch_attn_kernel(
         stride_vn, stride_vh, stride_vp, stride_vd,
         stride_ptb, stride_ptc, stride_br, stride_bh,
         stride_nkh, stride_nkd, stride_nvh, stride_nvd,
-        stride_ob, stride_oh, stride_om, stride_od,
+        stride_ob, stride_oh, stride_om, stride_od, SPLIT,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+        BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -167,7 +167,7 @@ def _patch_attn_kernel(
         s = tl.where((offs[None, :] < (q_start + offs_m)[:, None]) & (offs < e)[None, :], s, float("-inf"))
         m_i, l_i, acc = _online_update(m_i, l_i, acc, s, v, BLOCK_M, UPCAST, IEEE)
 
-    if SPLIT:
+    if SPLIT != 0:                    # a runtime flag: split and one-pass launches share one binary
         row = (pid_bh * n_splits + split).to(tl.int64) * M + offs_m        # [BLOCK_M] rows of [B*H, S, M]
         tl.store(M_PART + row, m_i, mask=m_mask)
         tl.store(L_PART + row, l_i, mask=m_mask)
@@ -205,21 +205,23 @@ def _reduce_kernel(M_PART, L_PART, ACC_PART, OUT, M, H, n_splits,
 
 
 def _configs(decode: bool):
+    """The autotune space, kept small: every config costs a compile and a benchmark on the first call of
+    a key, and every one is compiled for sm_80 and sm_90 in CI (benchmarks/kernel_resources.py)."""
     if decode:   # bandwidth-bound: BLOCK_M = 1 on CUDA cores, or a 16-row tl.dot tile (15 rows masked)
         return ([triton.Config({"BLOCK_M": 1, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                 for n in (16, 32, 64, 128) for w in (2, 4, 8) for s in (2, 3)]
+                 for n, w, s in [(16, 2, 2), (32, 2, 2), (32, 4, 2), (32, 4, 3), (64, 4, 2), (64, 8, 2),
+                                 (128, 8, 2)]]
                 + [triton.Config({"BLOCK_M": 16, "BLOCK_N": n}, num_warps=4, num_stages=3) for n in (32, 64)])
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in [(16, 16, 4, 3), (32, 16, 4, 3), (64, 16, 4, 3), (16, 64, 4, 3), (32, 64, 4, 3),
-                               (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 128, 8, 2), (128, 32, 8, 3),
-                               (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2)]]
+            for m, n, w, s in [(16, 16, 4, 3), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3),
+                               (128, 32, 8, 3), (128, 64, 8, 2)]]
 
 
 def _prune(configs, named_args, **kwargs):
     # no chunk wider than the page, no row tile much taller than M; the BLOCK_M = 1 product
-    # [BLOCK_N, BLOCK_D] at <= 32 fp32 per thread (sm_90 ptxas: 64x64 at 4 warps = 166 registers,
-    # 128x64 at 4 warps spills)
+    # [BLOCK_N, BLOCK_D] at <= 32 fp32 per thread (measured: benchmarks/results/kernel_resources.json)
     P, M, block_d = named_args["P"], named_args["M"], kwargs["BLOCK_D"]
+    fp32 = kwargs.get("IEEE", False)
     out = [c for c in configs
            if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(P))
            and c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(M))
@@ -284,8 +286,8 @@ def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, ow
     args = (q, k_cache, v_cache, page_table, own_page, bias, null_k, null_v, out, m_part, l_part, acc_part,
             int(q_start), M, P, C, H, int(own_rel), float(scale) * LOG2E,
             *q.stride(), *k_cache.stride(), *v_cache.stride(), *page_table.stride(), *bias.stride(),
-            *null_k.stride(), *null_v.stride(), *out.stride())
-    consts = dict(HEAD_DIM=D, BLOCK_D=block_d, BLOCK_C=triton.next_power_of_2(max(C, 1)), SPLIT=split, UPCAST=interpret,
+            *null_k.stride(), *null_v.stride(), *out.stride(), int(split))
+    consts = dict(HEAD_DIM=D, BLOCK_D=block_d, BLOCK_C=triton.next_power_of_2(max(C, 1)), UPCAST=interpret,
                   IEEE=q.dtype == torch.float32)
     if interpret:   # one fixed config: autotuning in the interpreter only costs time
         cfg = {"BLOCK_M": 1 if decode else 16, "BLOCK_N": min(32, max(16, triton.next_power_of_2(P)))}
