@@ -295,8 +295,9 @@ def main():
         for name in ("triton", "cuda"):
             fn = kernels.get(name)
             impls.append((name, (lambda fn=fn: fn(**inp)) if fn else None, None if fn else absent.get(name)))
-            if fn is not None and M == 1:                                    # the split-K path against none
+            if fn is not None and M == 1:          # the default split-K against none and 8 (one cluster)
                 impls.append((f"{name}-nosplit", lambda fn=fn: fn(**inp, num_splits=1), None))
+                impls.append((f"{name}-s8", lambda fn=fn: fn(**inp, num_splits=8), None))
         shape = f"{preset} {mode} B={B} H={cfg.heads} M={M} P={cfg.P} D={cfg.head_dim} C=25"
         print(f"\n{shape}  ({nbytes / 1e6:.1f} MB, {flops / 1e9:.2f} GFLOP)")
         print(f"  {'impl':16s} {'median ms':>10s} {'p10-p90 ms':>17s} {'GB/s':>8s} {'TFLOP/s':>8s} "

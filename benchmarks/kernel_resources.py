@@ -108,14 +108,11 @@ _PTXAS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _REGS = re.compile(r"Used (\d+) registers")
 
 
-def _compile(job: dict, cache: str | None) -> dict:
-    """Compile one job (in a worker process); returns registers, shared bytes, stack and spills."""
-    global _MODS
+def _source(job: dict, mods):
+    """The ASTSource and target of a job, specialized as the JIT would specialize the launch."""
     import triton
     from triton.backends.compiler import GPUTarget
-    if _MODS is None:
-        _MODS = _load_kernels()
-    fn = getattr(_MODS[job["module"]], job["kernel"])
+    fn = getattr(mods[job["module"]], job["kernel"])
     names = fn.arg_names
     ptrs = _PTRS[job["kernel"]]
     qty = job["dtype"]
@@ -132,9 +129,26 @@ def _compile(job: dict, cache: str | None) -> dict:
             sig[n] = "fp32" if n in FLOATS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if sig[n].startswith("*")}
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    target = GPUTarget("cuda", job["arch"], 32)
-    key = hashlib.sha256(f"{triton.__version__}|{src.hash()}|{target}|{sorted(job['options'].items())}"
-                         .encode()).hexdigest()[:32]
+    return src, GPUTarget("cuda", job["arch"], 32)
+
+
+def job_key(job: dict, mods) -> str:
+    """Triton version + kernel source (with the jit functions it calls) + specialization + target + options:
+    a row whose key matches was measured on exactly this code."""
+    import triton
+    src, target = _source(job, mods)
+    return hashlib.sha256(f"{triton.__version__}|{src.hash()}|{target.arch}|{sorted(job['options'].items())}"
+                          .encode()).hexdigest()[:24]
+
+
+def _compile(job: dict, cache: str | None) -> dict:
+    """Compile one job (in a worker process); returns registers, shared bytes, stack and spills."""
+    global _MODS
+    import triton
+    if _MODS is None:
+        _MODS = _load_kernels()
+    src, target = _source(job, _MODS)
+    key = job_key(job, _MODS)
     hit = Path(cache) / f"{key}.json" if cache else None
     if hit is not None and hit.exists():
         return json.loads(hit.read_text())
@@ -223,16 +237,24 @@ def _nvcc_one(nvcc: str, cu: Path) -> str:
     return p.stderr
 
 
-def csrc_rows(jobs: int, ptxas_log: str | None) -> tuple[list[dict], str]:
+def _nvcc() -> str | None:
+    nvcc = shutil.which("nvcc")
+    if not nvcc and os.environ.get("CUDA_HOME"):
+        nvcc = os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+    return nvcc if nvcc and os.path.exists(nvcc) else None
+
+
+def csrc_rows(jobs: int, ptxas_log: str | None) -> tuple[list[dict], str | None]:
+    """(rows, nvcc version); (None, None) when there is neither a log nor nvcc."""
+    nvcc = _nvcc()
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1] \
+        if nvcc else "unknown nvcc"
     if ptxas_log:
-        return parse_ptxas(Path(ptxas_log).read_text()), f"ptxas log {ptxas_log}"
-    nvcc = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
-                                    if os.environ.get("CUDA_HOME") else None)
-    if not nvcc or not os.path.exists(nvcc):
-        return [], "nvcc not found"
+        return parse_ptxas(Path(ptxas_log).read_text()), version
+    if not nvcc:
+        return None, None
     with cf.ThreadPoolExecutor(jobs) as ex:
         logs = list(ex.map(lambda cu: _nvcc_one(nvcc, cu), sorted((ROOT / "csrc").glob("*.cu"))))
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return parse_ptxas("\n".join(logs)), version
 
 
@@ -244,6 +266,7 @@ def main(argv=None) -> int:
                                                     "nuwa_fast", "kernel_resources"),
                     help="result cache ('' = none)")
     ap.add_argument("--all", action="store_true", help="also the configs the pruning removes")
+    ap.add_argument("--reuse", default=None, help="a previous JSON: rows whose key matches are not recompiled")
     ap.add_argument("--no-csrc", action="store_true")
     ap.add_argument("--only", default="", help="e.g. arch=90,dtype=fp32,mode=prefill: compile a subset")
     ap.add_argument("--ptxas-log", default=None, help="parse this nvcc -Xptxas -v log instead of compiling csrc")
@@ -255,14 +278,25 @@ def main(argv=None) -> int:
     for cond in filter(None, a.only.split(",")):
         k, v = cond.split("=")
         jobs = [j for j in jobs if str(j["arch"] if k == "arch" else j["row"].get(k, j.get(k))) == v]
+    keys = [job_key(j, mods) for j in jobs]
+    known, old = {}, {}
+    if a.reuse and Path(a.reuse).exists():
+        old = json.loads(Path(a.reuse).read_text())
+        known = {r["key"]: r for r in old.get("triton_kernels", []) if "key" in r}
+    todo = [j for j, k in zip(jobs, keys) if k not in known]
     with tempfile.TemporaryDirectory() as tmp, \
-            cf.ProcessPoolExecutor(a.jobs, initializer=_init_worker, initargs=(tmp,)) as ex:
-        results = list(ex.map(_compile, jobs, [a.cache or None] * len(jobs), chunksize=4))
-    rows = [dict(kernel=j["kernel"], arch=f"sm_{j['arch']}", **j["row"], **r) for j, r in zip(jobs, results)]
-    t_triton = time.perf_counter() - t0
-    csrc, nvcc = ([], "skipped") if a.no_csrc else csrc_rows(a.jobs, a.ptxas_log)
-    for r in rows:
+            cf.ProcessPoolExecutor(max(1, a.jobs), initializer=_init_worker, initargs=(tmp,)) as ex:
+        fresh = dict(zip([job_key(j, mods) for j in todo],
+                         ex.map(_compile, todo, [a.cache or None] * len(todo), chunksize=2)))
+    rows = []
+    for j, k in zip(jobs, keys):
+        r = known[k] if k in known else dict(kernel=j["kernel"], arch=f"sm_{j['arch']}", **j["row"], **fresh[k], key=k)
         r.pop("compile_s", None)
+        rows.append(r)
+    t_triton = time.perf_counter() - t0
+    csrc, nvcc = (None, None) if a.no_csrc else csrc_rows(a.jobs, a.ptxas_log)
+    if csrc is None:                       # not measured here: keep the previous file's rows, if any
+        csrc, nvcc = old.get("csrc_kernels", []), old.get("nvcc", "not measured")
     doc = dict(
         triton=triton.__version__, nvcc=nvcc, p=P_PAPER,
         note="registers, shared memory (bytes) and spills per kernel and config from ptxas -v; autotune=true "
@@ -271,7 +305,8 @@ def main(argv=None) -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
     spill = [r for r in rows + csrc if r.get("spill_stores", 0) or r.get("spill_loads", 0)]
-    print(f"kernel_resources: {len(rows)} Triton compiles in {t_triton:.0f} s ({a.jobs} jobs), {len(csrc)} csrc "
+    print(f"kernel_resources: {len(rows)} Triton rows ({len(todo)} compiled, {len(rows) - len(todo)} reused) in "
+          f"{t_triton:.0f} s ({a.jobs} jobs), {len(csrc)} csrc "
           f"entries ({nvcc}); {len(spill)} spill; wrote {a.out} in {time.perf_counter() - t0:.0f} s")
     for r in spill:
         print("  spills:", {k: r[k] for k in r if k not in ("mangled", "note")})
