@@ -4,6 +4,7 @@
     bash benchmarks/gpu_check.sh --no-flex        # leave FlexAttention out of the kernel benchmark
     bash benchmarks/gpu_check.sh --dry-run        # CPU: print the plan, check every step's command line
     bash benchmarks/gpu_check.sh --cap smoke=20   # change one step's cap (seconds)
+    bash benchmarks/gpu_check.sh --only build,smoke   # a subset, in plan order
 
 Steps, most valuable first; each runs as its own process group under its cap (and the time left),
 writes its JSON as it goes, and a failed or timed-out step never stops the next one. After every step
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -135,6 +137,11 @@ def harness(a) -> int:
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     steps = plan(out, a.python, a.no_flex)
+    if a.only:
+        unknown = set(a.only.split(",")) - {s.name for s in steps}
+        if unknown:
+            raise SystemExit(f"--only: no step {sorted(unknown)}; steps are {[s.name for s in steps]}")
+        steps = [s for s in steps if s.name in a.only.split(",")]
     for item in filter(None, a.cap.split(",")):
         name, cap = item.split("=")
         match = [s for s in steps if s.name == name]
@@ -145,7 +152,7 @@ def harness(a) -> int:
     mode = "dry run (probes only)" if a.dry_run else "GPU run"
     lines = [f"gpu_check {mode}: {len(steps)} steps, caps sum {total} s, budget {a.budget_s} s, out {out}"]
     for i, s in enumerate(steps, 1):
-        lines.append(f"  {i}. {s.name:14s} cap {s.cap_s:3d} s  -> {', '.join(s.outputs)}  $ {' '.join(s.cmd)}")
+        lines.append(f"  {i}. {s.name:14s} cap {s.cap_s:3d} s  -> {', '.join(s.outputs)}  $ {shlex.join(s.cmd)}")
     print("\n".join(lines), flush=True)
     if total > a.budget_s:
         print(f"gpu_check: the caps ({total} s) exceed the budget ({a.budget_s} s)", file=sys.stderr)
@@ -196,6 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-flex", action="store_true", help="no FlexAttention in the kernel benchmark")
     ap.add_argument("--dry-run", action="store_true", help="probes only (CPU): the plan and the command lines")
     ap.add_argument("--cap", default="", help="override caps: name=seconds[,name=seconds]")
+    ap.add_argument("--only", default="", help="comma-separated step names (default: all)")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)        # run one step's body (internal)
     a = ap.parse_args(argv)
