@@ -133,11 +133,16 @@ def _source(job: dict, mods):
 
 
 def job_key(job: dict, mods) -> str:
-    """Triton version + kernel source (with the jit functions it calls) + specialization + target + options:
-    a row whose key matches was measured on exactly this code."""
+    """Triton version + the source of every jit function of the kernel's module + specialization + target
+    + options: a row whose key matches was measured on exactly this code. (Triton's own source hash
+    also covers line numbers, so a docstring edit would force every config to recompile.)"""
     import triton
+    from triton.runtime.jit import JITFunction
+    mod = mods[job["module"]]
+    jit_src = "\n".join(v.src for _, v in sorted(vars(mod).items()) if isinstance(v, JITFunction))
     src, target = _source(job, mods)
-    return hashlib.sha256(f"{triton.__version__}|{src.hash()}|{target.arch}|{sorted(job['options'].items())}"
+    spec = f"{job['kernel']}|{sorted(src.signature.items())}|{sorted(src.constants.items())}|{sorted(src.attrs)}"
+    return hashlib.sha256(f"{triton.__version__}|{jit_src}|{spec}|{target.arch}|{sorted(job['options'].items())}"
                           .encode()).hexdigest()[:24]
 
 
@@ -290,8 +295,10 @@ def main(argv=None) -> int:
                          ex.map(_compile, todo, [a.cache or None] * len(todo), chunksize=2)))
     rows = []
     for j, k in zip(jobs, keys):
-        r = known[k] if k in known else dict(kernel=j["kernel"], arch=f"sm_{j['arch']}", **j["row"], **fresh[k], key=k)
-        r.pop("compile_s", None)
+        measured = known[k] if k in known else fresh[k]          # labels (autotune=...) always from this run
+        res = {n: measured[n] for n in ("registers", "shared_bytes", "stack_bytes", "spill_stores", "spill_loads",
+                                        "source") if n in measured}
+        r = dict(kernel=j["kernel"], arch=f"sm_{j['arch']}", **j["row"], **res, key=k)
         rows.append(r)
     t_triton = time.perf_counter() - t0
     csrc, nvcc = (None, None) if a.no_csrc else csrc_rows(a.jobs, a.ptxas_log)

@@ -22,13 +22,16 @@ in the interpreter where bf16 tl.dot is wrong). Scores are kept in log2 units: q
 and the ADC bias (read in-kernel from the [R, H] table, one scalar per slot) is multiplied by log2(e),
 so the softmax uses exp2. Page offsets are computed in int64 (page * stride overflows int32 on big pools).
 
-On a GPU the launch is autotuned per (M, P, head_dim, split, dtypes); the first call of a key runs the
-benchmark, so call once before capturing a CUDA graph. In the interpreter one fixed config runs.
+On a GPU the launch is autotuned per (M, P, head_dim, split) over a small space (`_configs`: 9 decode,
+7 + 4 fp32 prefill) that `_prune` cuts by page size, M and the per-thread product; every config it can keep is
+compiled for sm_80 and sm_90 in CI with zero spills (tests/test_kernel_resources.py). The first call
+of a key runs the benchmark, so call once before capturing a CUDA graph. NUWA_FAST_TRITON_AUTOTUNE=0
+takes the first kept config instead (the GPU tests). In the interpreter one fixed config runs.
 `CHOSEN_CONFIGS` records what ran.
 """
 from __future__ import annotations
 
-import math
+import os
 
 import torch
 import triton
@@ -204,29 +207,47 @@ def _reduce_kernel(M_PART, L_PART, ACC_PART, OUT, M, H, n_splits,
              out.to(OUT.dtype.element_ty), mask=d_mask)
 
 
+# fp32 (IEEE) prefill tiles: the fp32 tl.dot runs on FMA units and holds 2x the registers of a 16-bit
+# tile, so the 16-bit prefill tiles spill there (sm_80, D = 64: 64x64 at 4 warps 27 KB of spill stores,
+# 16x16 at 4 warps 32 B); fp32 gets small tiles on more warps instead
+_FP32_PREFILL = [(16, 16, 4, 2), (16, 16, 8, 2), (32, 16, 8, 2), (32, 32, 8, 2)]
+_PREFILL = [(16, 16, 4, 3), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 8, 3),
+            (128, 64, 8, 2)]
+
+
 def _configs(decode: bool):
     """The autotune space, kept small: every config costs a compile and a benchmark on the first call of
-    a key, and every one is compiled for sm_80 and sm_90 in CI (benchmarks/kernel_resources.py)."""
+    a key, and every one `_prune` can keep is compiled for sm_80 and sm_90 in CI
+    (benchmarks/kernel_resources.py, tests/test_kernel_resources.py)."""
     if decode:   # bandwidth-bound: BLOCK_M = 1 on CUDA cores, or a 16-row tl.dot tile (15 rows masked)
         return ([triton.Config({"BLOCK_M": 1, "BLOCK_N": n}, num_warps=w, num_stages=s)
                  for n, w, s in [(16, 2, 2), (32, 2, 2), (32, 4, 2), (32, 4, 3), (64, 4, 2), (64, 8, 2),
                                  (128, 8, 2)]]
                 + [triton.Config({"BLOCK_M": 16, "BLOCK_N": n}, num_warps=4, num_stages=3) for n in (32, 64)])
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in [(16, 16, 4, 3), (32, 32, 4, 3), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3),
-                               (128, 32, 8, 3), (128, 64, 8, 2)]]
+            for m, n, w, s in _PREFILL + _FP32_PREFILL]
 
 
 def _prune(configs, named_args, **kwargs):
-    # no chunk wider than the page, no row tile much taller than M; the BLOCK_M = 1 product
-    # [BLOCK_N, BLOCK_D] at <= 32 fp32 per thread (measured: benchmarks/results/kernel_resources.json)
+    """No chunk wider than the page, no row tile much taller than M; BLOCK_M = 1: the [BLOCK_N, BLOCK_D]
+    product at <= 32 fp32 per thread; fp32: BLOCK_M = 1 decode (the 16-row dot tile spills at D = 32)
+    and the _FP32_PREFILL tiles, 16-bit: the others. Measured: benchmarks/results/kernel_resources.json."""
     P, M, block_d = named_args["P"], named_args["M"], kwargs["BLOCK_D"]
     fp32 = kwargs.get("IEEE", False)
+
+    def key(c):
+        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
     out = [c for c in configs
            if c.kwargs["BLOCK_N"] <= max(16, triton.next_power_of_2(P))
            and c.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(M))
-           and (c.kwargs["BLOCK_M"] > 1 or c.kwargs["BLOCK_N"] * block_d <= 32 * 32 * c.num_warps)]
+           and (c.kwargs["BLOCK_M"] > 1 or c.kwargs["BLOCK_N"] * block_d <= 32 * 32 * c.num_warps)
+           and (c.kwargs["BLOCK_M"] == 1 or (key(c) in _FP32_PREFILL) == fp32)]
     return out or configs[:1]
+
+
+def _fixed_config(decode: bool, P: int, M: int, block_d: int, fp32: bool):
+    """The first config the pruning keeps (configs are listed small to large)."""
+    return _prune(_configs(decode), dict(P=P, M=M), BLOCK_D=block_d, IEEE=fp32)[0]
 
 
 _TUNED = {
@@ -293,6 +314,13 @@ def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, ow
         cfg = {"BLOCK_M": 1 if decode else 16, "BLOCK_N": min(32, max(16, triton.next_power_of_2(P)))}
         _patch_attn_kernel[(triton.cdiv(M, cfg["BLOCK_M"]), B * H, S)](*args, **consts, **cfg)
         chosen = dict(cfg, num_warps=None, num_stages=None)
+    elif os.environ.get("NUWA_FAST_TRITON_AUTOTUNE", "1") == "0":
+        # fixed, non-spilling configs (benchmarks/results/kernel_resources.json): GPU tests check
+        # correctness over many shapes, where autotuning each key would cost minutes of compiles
+        cfg = _fixed_config(decode, P, M, block_d, q.dtype == torch.float32)
+        _patch_attn_kernel[(triton.cdiv(M, cfg.kwargs["BLOCK_M"]), B * H, S)](
+            *args, **consts, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        chosen = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         tuned = _TUNED[decode]
         tuned[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B * H, S)](*args, **consts)
