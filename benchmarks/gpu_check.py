@@ -18,7 +18,7 @@ Files in --out (default $OUT, else ./gpu_check_out), flat:
   bench_patch_attention.json  kernel benchmark (paper decode at batch 1 first), rewritten per shape
   bench_engine.json           end-to-end engine benchmark (the engine's default schedule)
   pytest.jsonl                the GPU tests, one line per test as it finishes (pytest-xdist if present)
-  kernel_resources.json       registers / shared memory / spills under this machine's Triton
+  kernel_resources.json       sm_90 registers / shared memory / spills under this machine's Triton
   <step>.log                  each step's output
 
 Dry run (CI, no GPU): every step runs a cheap probe instead of its GPU work: env and smoke run for real
@@ -66,8 +66,8 @@ def plan(out: Path, py: str, no_flex: bool) -> list[Step]:
     xdist = _has("xdist")
     tests = [py, "-m", "pytest", "-q", "-m", "gpu and not slow", "-rfEs", "-p", "no:cacheprovider",
              "-p", "pytest_json_log", "tests"] + (["-n", str(min(8, nproc)), "--dist", "loadfile"] if xdist else [])
-    resources = [py, "benchmarks/kernel_resources.py", "--no-csrc", "--jobs", str(nproc), "--cache", "",
-                 "--out", str(out / "kernel_resources.json")]
+    resources = [py, "benchmarks/kernel_resources.py", "--no-csrc", "--only", "arch=90", "--jobs", str(nproc),
+                 "--cache", "", "--out", str(out / "kernel_resources.json")]
     return [
         Step("env", 10, me + ["--step", "env", "--out", str(out)], me + ["--step", "env", "--out", str(out)],
              ["env.json"]),

@@ -6,16 +6,17 @@ and spills per kernel and config, as JSON.
     python benchmarks/kernel_resources.py --no-csrc # Triton only
 
 Triton: each `triton.Config` the patch-attention autotuner can choose (`_configs` after `_prune` at the
-paper's P = 256) for decode and prefill (split or not: a runtime flag, one binary), fp32 and bf16 (fp16 takes bf16's code path:
-the same 16-bit loads and tl.dot), head_dim 32, 64 and 128, plus the fixed-config kernels (split
-reduce, ADC gather, NCP tables), compiled with `triton.compile(ASTSource, GPUTarget("cuda", arch, 32))`
+paper's P = 256) for decode and prefill (split or not: a runtime flag, one binary), fp32, bf16 and
+fp16, head_dim 32, 64 and 128, the configs `SPILLS` prunes (the rows that justify it), plus the
+fixed-config kernels (split reduce, ADC gather, NCP tables), compiled with `triton.compile(ASTSource, GPUTarget("cuda", arch, 32))`
 the way the JIT specializes a launch (pointers 16-byte aligned, unit strides constant). ptxas prints
 registers and spill bytes (TRITON_DUMP_PTXAS_LOG); shared memory is the kernel's metadata.
 csrc: every .cu under csrc/ with `nvcc -Xptxas -v` for sm_80 and sm_90a; or, with --ptxas-log, the
 log that .ci/compile_csrc.sh wrote while building the module (same flags, no second compile).
 
 Compiles run in parallel (--jobs) and results are cached by source hash, target and options under
---cache (a cold run on 2 CI cores takes about two minutes; a warm one seconds). TRITON_INTERPRET must
+--cache; with --reuse, rows of a previous file whose key matches are taken as they are (the test does
+this with the committed file: only changed kernels recompile). TRITON_INTERPRET must
 be unset: interpreted kernels cannot be compiled.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = (80, 90)
 HEAD_DIMS = (32, 64, 128)
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp16")
 P_PAPER = 256
 
 # pointer element types per kernel argument; other non-constexpr arguments are i32 unless listed in FLOATS
@@ -82,10 +83,11 @@ def _jobs(mods, include_pruned: bool) -> list[dict]:
                 for mode, M in (("decode", 1), ("prefill", P_PAPER + 1)):
                     configs = pa._configs(mode == "decode")
                     kept = pa._prune(configs, dict(P=P_PAPER, M=M), BLOCK_D=block_d, IEEE=dt == "fp32")
+                    spills = pa.SPILLS.get((mode, dt == "fp32", block_d), ())
                     for cfg in configs:
                         chosen = any(cfg is k for k in kept)
-                        if not chosen and not include_pruned:
-                            continue
+                        if not chosen and not include_pruned and pa.config_key(cfg) not in spills:
+                            continue                     # the rows that justify SPILLS stay in the file
                         jobs.append(dict(
                             kernel="_patch_attn_kernel", module="patch_attention", arch=arch, dtype=dt,
                             consts=dict(base, **cfg.kwargs),
@@ -311,10 +313,11 @@ def main(argv=None) -> int:
         triton_kernels=rows, csrc_kernels=csrc)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
-    spill = [r for r in rows + csrc if r.get("spill_stores", 0) or r.get("spill_loads", 0)]
+    spill = [r for r in rows + csrc if (r.get("spill_stores", 0) or r.get("spill_loads", 0))
+             and r.get("autotune", True)]                 # choosable configs, fixed kernels and csrc
     print(f"kernel_resources: {len(rows)} Triton rows ({len(todo)} compiled, {len(rows) - len(todo)} reused) in "
           f"{t_triton:.0f} s ({a.jobs} jobs), {len(csrc)} csrc "
-          f"entries ({nvcc}); {len(spill)} spill; wrote {a.out} in {time.perf_counter() - t0:.0f} s")
+          f"entries ({nvcc}); {len(spill)} choosable spill; wrote {a.out} in {time.perf_counter() - t0:.0f} s")
     for r in spill:
         print("  spills:", {k: r[k] for k in r if k not in ("mangled", "note")})
     return 0

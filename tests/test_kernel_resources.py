@@ -9,7 +9,7 @@ file are reused, so only changed kernels recompile; a cold run compiles ~200 con
 """
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,13 +70,28 @@ def test_no_autotune_config_spills(resources):
     assert all(r["registers"] <= 255 for r in rows)
 
 
+def test_the_spill_table_is_measured(resources):
+    """Every config kernels/patch_attention.py's SPILLS prunes was measured to spill (on sm_80 or sm_90)."""
+    from nuwa_fast.kernels import patch_attention as pa
+    spilled = {(r["mode"], r["dtype"] == "fp32", max(16, 1 << (r["head_dim"] - 1).bit_length()), r["BLOCK_M"],
+                r["BLOCK_N"], r["num_warps"], r["num_stages"])
+               for r in resources["triton_kernels"]
+               if r["kernel"] == "_patch_attn_kernel" and (r["spill_stores"] or r["spill_loads"])}
+    for (mode, fp32, block_d), cfgs in pa.SPILLS.items():
+        for c in cfgs:
+            assert (mode, fp32, block_d, *c) in spilled, (mode, fp32, block_d, c)
+
+
 def test_csrc_kernels_compile_for_sm80_and_sm90a_without_spills(resources):
     rows = resources["csrc_kernels"]
     if not rows:
         pytest.skip("no nvcc, no ptxas log and no committed csrc rows")
     archs = {r["arch"] for r in rows}
     assert {"sm_80", "sm_90a"} <= archs, archs
-    names = {r["kernel"].split("(")[0].split("<")[0].split()[-1] for r in rows}
+    names = {(re.search(r"(\w+)\s*[<(]", r["kernel"]).group(1), r["arch"]) for r in rows}
     print(f"\n{len(rows)} csrc entries: {sorted(names)}; max registers {max(r['registers'] for r in rows)}")
+    for k in ("decode_kernel", "decode_reduce_kernel", "prefill_simt_kernel", "prefill_wmma_kernel",
+              "ncp_select_kernel", "ncp_add_kernel", "ncp_remove_kernel", "adc_gather_kernel"):
+        assert {(k, "sm_80"), (k, "sm_90a")} <= names, k
     spilling = [r for r in rows if r.get("spill_stores") or r.get("spill_loads")]
     assert not spilling, spilling[:5]
