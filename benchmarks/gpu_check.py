@@ -74,7 +74,8 @@ def plan(out: Path, py: str, no_flex: bool) -> list[Step]:
         Step("build", 80, me + ["--step", "build", "--out", str(out)],
              me + ["--step", "build", "--out", str(out), "--dry-run"], ["build.json", "build.log"]),
         Step("smoke", 40, me + ["--step", "smoke", "--out", str(out)],
-             me + ["--step", "smoke", "--out", str(out), "--dry-run"], ["smoke.json"]),
+             me + ["--step", "smoke", "--out", str(out), "--dry-run"], ["smoke.json"],
+             env={"NUWA_FAST_TRITON_AUTOTUNE": "0"}),                 # correctness: no autotune compiles
         Step("kernel-bench", 70, bench, [py, bench[1], "--help"], ["bench_patch_attention.json"],
              flags=[f for f in bench[2:] if f.startswith("--")]),
         Step("engine-bench", 50, engine, [py, engine[1], "--help"], ["bench_engine.json"],

@@ -57,3 +57,14 @@ def test_caps_over_budget_are_refused(tmp_path):
     p = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--dry-run", "--out", str(tmp_path),
                         "--budget-s", "100"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "exceed the budget" in p.stderr
+
+
+def test_smoke_body_runs_on_cpu(tmp_path):
+    """The smoke step for real (not its probe): on a CPU only the torch rows run, against fp32 math."""
+    p = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--step", "smoke", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    print(p.stdout[-2000:], p.stderr[-2000:])
+    assert p.returncode == 0
+    rows = json.loads((tmp_path / "smoke.json").read_text())["rows"]
+    ran = [r for r in rows if r["backend"] == "torch"]
+    assert len(ran) == 14 and all(r["status"] == "ok" for r in ran)
