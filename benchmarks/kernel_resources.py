@@ -231,7 +231,7 @@ def parse_ptxas(log: str) -> list[dict]:
         if k not in seen:
             seen.add(k)
             uniq.append(r)
-    return uniq
+    return sorted(uniq, key=lambda r: (r["arch"], r["kernel"]))      # build order varies with -j
 
 
 def _nvcc_one(nvcc: str, cu: Path) -> str:
