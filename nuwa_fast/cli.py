@@ -112,7 +112,7 @@ def run(argv=None) -> int:
         model = nuwa_fast.load(a.checkpoint)
         n = sum(p.numel() for p in model.parameters())
         print(json.dumps({"config": json.loads(model.cfg.to_json()), "parameters": n,
-                          "backends": ops.available_backends()}, indent=2))
+                          "backends": ops.available_backends(), "absent_backends": ops.absent_backends()}, indent=2))
         return 0
     model = nuwa_fast.load(a.checkpoint, device=a.device)
     kw = _kwargs(a)

@@ -119,8 +119,9 @@ def check_fits(model, grid, order, batch: int, extent=None, sampling=None, pool_
     e = grid_extent(check_extent(model, extent), grid)
     cfg = model.cfg
     Bt = batch * (2 if sampling is not None and sampling.guidance != 1.0 else 1)
+    dtype = ncp.default_pool_dtype(model.decoder.start.dtype, model.device, pool_dtype)
     return ncp.check_pool_fits(ncp.plan(order, e, grid).peak_pages, Bt, cfg.layers, cfg.heads, cfg.P,
-                               cfg.head_dim, pool_dtype or model.decoder.start.dtype, model.device)
+                               cfg.head_dim, dtype, model.device)
 
 
 def _known_tables(spec: TaskSpec, p: int, n: int):

@@ -101,6 +101,15 @@ def _human(n: int) -> str:
     return f"{n:.2f} TiB"
 
 
+def default_pool_dtype(model_dtype, device, requested=None):
+    """The page pool's dtype: `requested` when given (e.g. torch.float32 for fp32 pages), else bf16 on a
+    GPU (every decode row reads its context pages: bf16 halves those bytes against an fp32 model) and
+    the model's dtype on a CPU (the torch reference path)."""
+    if requested is not None:
+        return requested
+    return torch.bfloat16 if torch.device(device).type == "cuda" else model_dtype
+
+
 def check_pool_fits(n_pages, batch, layers, heads, P, head_dim, dtype, device) -> int:
     """Bytes the pool needs; raises PoolTooLarge naming the numbers when they do not fit."""
     page = layers * 2 * heads * P * head_dim * torch.empty((), dtype=dtype).element_size()

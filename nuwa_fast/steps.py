@@ -56,7 +56,7 @@ class Shared:
         self.C = self.bias.shape[1]
         self.own_rel = adc.rel_index((0, 0, 0), extent)
         self.pool = ncp.PagePool(plan.peak_pages, Bt, self.L, self.H, P, self.D, T * Hg * Wg,
-                                 pool_dtype or dec.start.dtype, dev, backend=backend)
+                                 ncp.default_pool_dtype(dec.start.dtype, dev, pool_dtype), dev, backend=backend)
         self.text = model.encode_text(list(spec.prompts) + ([""] * self.B if self.guided else []))
         self.cur_ids = torch.tensor([ncp.linear(o, spec.grid) for o in spec.order[:n]], dtype=torch.int32,
                                     device=dev)                                          # [n]
