@@ -84,6 +84,13 @@ def atomic_save_file(tensors: dict, path: Path, metadata: dict) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except Exception as e:                              # safetensors reports a full disk as "(os error 28)"
+        import errno
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
+                any(f"os error {c}" in str(e) for c in (errno.ENOSPC, errno.EDQUOT)):
+            raise DoesNotFit(f"no space left on the device while writing {path}; the previous {path.name} (if "
+                             f"any) is unchanged: free some space and write it again") from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

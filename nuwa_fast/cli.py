@@ -128,6 +128,8 @@ def run(argv=None) -> int:
         return 0
     # Everything cheap first, in this order: arguments, output path, input image, checkpoint, canvas.
     check_device(a.device)
+    from .ncp import available_bytes
+    available_bytes(a.device if a.device.startswith("cuda") else "cpu")   # a bad NUWA_FAST_MAX_POOL_BYTES
     kind = "image" if a.cmd in ("generate", "outpaint") else "video"
     names = output.check(a.out, kind, a.batch, overwrite=a.overwrite)
     image = None

@@ -75,8 +75,8 @@ def exit_code(e: BaseException) -> int:
 def message(e: BaseException) -> str:
     """One line for the user: the error's own text, or its type when it has none."""
     text = str(e).strip()
-    if isinstance(e, OSError) and e.filename and e.strerror and not isinstance(e, NuwaError):
-        text = f"{e.strerror}: {e.filename}"
+    if isinstance(e, OSError) and e.strerror and not isinstance(e, NuwaError):
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     if isinstance(e, MemoryError) and not text:
         text = "out of memory (the request is larger than the memory of this machine)"
     if not text:

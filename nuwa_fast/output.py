@@ -50,7 +50,7 @@ def paths(path, kind: str, n: int) -> list[str]:
     ext = ext.lower() or allowed[0]
     if ext not in allowed:
         other = "video" if kind == "image" else "image"
-        hint = f" ({ext} is for a {other})" if ext in (VIDEO_EXTS if kind == "image" else IMAGE_EXTS) else ""
+        hint = f" ({ext} is for {'an image' if other == 'image' else 'a video'})" if ext in (VIDEO_EXTS if kind == "image" else IMAGE_EXTS) else ""
         raise BadArgument(f"cannot save {'an image' if kind == 'image' else 'a video'} as {ext!r}{hint}; "
                           f"use one of {', '.join(allowed)}")
     if n == 1:
@@ -68,6 +68,9 @@ def _existing_ancestor(d: str) -> str:
 def check(path, kind: str, n: int = 1, overwrite: bool = False) -> list[str]:
     """Every check that can be made before the work; returns the final names (see paths())."""
     names = paths(path, kind, n)
+    if os.path.isdir(path):
+        raise BadArgument(f"the output {os.fspath(path)} is an existing directory; give a file name inside it, "
+                          f"e.g. {os.path.join(os.fspath(path), 'out' + (IMAGE_EXTS if kind == 'image' else VIDEO_EXTS)[0])}")
     d = os.path.dirname(os.path.abspath(names[0]))
     anc = _existing_ancestor(d)
     if not os.path.isdir(anc):
@@ -75,8 +78,7 @@ def check(path, kind: str, n: int = 1, overwrite: bool = False) -> list[str]:
                           f"output path")
     for name in names:
         if os.path.isdir(name):
-            raise BadArgument(f"the output {name} is an existing directory; give a file name inside it, "
-                              f"e.g. {os.path.join(name, 'out' + os.path.splitext(name)[1] or '.png')}")
+            raise BadArgument(f"the output {name} is an existing directory; give a file name inside it")
         if os.path.lexists(name) and not overwrite:
             raise BadArgument(f"{name} already exists; pass --overwrite (overwrite=True) to replace it, "
                               f"or choose another output path")

@@ -13,7 +13,6 @@ unconditional prompt for classifier-free guidance), and trains with cross-entrop
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
