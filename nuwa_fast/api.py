@@ -122,7 +122,8 @@ def _open_image(path: str):
     except UnidentifiedImageError:
         raise BadFile(f"{path!r} is not an image file Pillow can read (PNG, JPEG, WebP, BMP, GIF, ...)") from None
     except OSError as e:
-        raise BadFile(f"cannot read image file {path!r}: {e.strerror or e}") from None
+        raise BadFile(f"cannot read image file {path!r}: it is truncated or corrupt ({e.strerror or e}); "
+                      f"re-export it as PNG or JPEG") from None
     try:
         image.load()
     except Image.DecompressionBombError as e:

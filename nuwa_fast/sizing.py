@@ -14,7 +14,7 @@ import numpy as np
 from . import adc
 from .errors import BadArgument, DoesNotFit
 
-EXACT_MAX = 1 << 22                 # patches: exact peak pages below, the closed form above
+EXACT_MAX = 1 << 20                 # patches: exact peak pages below (~100 MB of int64 arrays), the closed form above
 PLAN_BYTES_PER_SLOT = 48            # host bytes per patch and NCP slot of adc.order + ncp.plan (measured ~40)
 PLAN_BYTES_PER_PATCH = 256
 
@@ -137,6 +137,18 @@ def _human(n: float) -> str:
     return h(int(n))
 
 
+def host_available_bytes() -> int:
+    """MemAvailable of the host (NUWA_FAST_MAX_POOL_BYTES caps the pool only, not this)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
 def host_bytes(grid, R: int, result_bytes: int, token_bytes: int) -> int:
     n = grid[0] * grid[1] * grid[2]
     return n * (PLAN_BYTES_PER_SLOT * R + PLAN_BYTES_PER_PATCH) + result_bytes + token_bytes
@@ -161,7 +173,7 @@ def check_canvas(model, grid, order, region, batch: int, extent, sampling, pixel
     result = batch * pixels[0] * pixels[1] * pixels[2] * 3                 # uint8 pixels
     token_bytes = batch * toks * 8 * 2 + (toks * 9 if known else 0)       # tokens (+ a copy), known + mask
     need = host_bytes(grid, R, result, token_bytes)
-    avail = ncp.available_bytes("cpu")
+    avail = host_available_bytes()
     if need > avail:
         raise DoesNotFit(
             f"a {pixels[2]} x {pixels[1]} pixel canvas ({T} frame(s), {Hg} x {Wg} patches, batch {batch}) needs "
