@@ -37,6 +37,8 @@ def paths(path, kind: str, n: int) -> list[str]:
     kind: "image" or "video". A path without an extension gets .png (image) / .gif (video).
     """
     allowed = IMAGE_EXTS if kind == "image" else VIDEO_EXTS
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise BadArgument(f"batch must be a whole number >= 1, got {n!r}")
     if not isinstance(path, (str, os.PathLike)):
         raise BadArgument(f"the output path must be a string, got {type(path).__name__}")
     path = os.fspath(path)
