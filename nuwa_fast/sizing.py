@@ -56,7 +56,7 @@ def check_region(region, H: int, W: int):
 
 def _frame_positions(name: str, H: int, W: int, region) -> np.ndarray:
     """int64 [H, W]: the step at which each patch of a frame is visited (adc._frame_order, vectorised)."""
-    y, x = np.meshgrid(np.arange(H, dtype=np.int64), np.arange(W, dtype=np.int64), indexing="ij")
+    y, x = np.arange(H, dtype=np.int64)[:, None], np.arange(W, dtype=np.int64)[None, :]     # broadcast [H, W]
     if name == "down":
         return y * W + x
     if name == "up":
@@ -65,6 +65,7 @@ def _frame_positions(name: str, H: int, W: int, region) -> np.ndarray:
         return x * H + y
     if name == "left":
         return (W - 1 - x) * H + y
+    y, x = np.broadcast_to(y, (H, W)), np.broadcast_to(x, (H, W))
     if region is None:
         region = ((H - 1) // 2, (W - 1) // 2, (H - 1) // 2, (W - 1) // 2)
     y0, x0, y1, x1 = region
@@ -76,6 +77,7 @@ def _frame_positions(name: str, H: int, W: int, region) -> np.ndarray:
     seg, off = np.where(inside, 0, seg), np.where(inside, (y - y0) * W + (x - x0), off)
     big = 2 * (H + W) + H * W + 1
     key = (r * 4 + seg) * big + off
+    del r, ty, by, lx, rx, seg, off, inside
     pos = np.empty(H * W, dtype=np.int64)
     pos[np.argsort(key, axis=None, kind="stable")] = np.arange(H * W, dtype=np.int64)
     return pos.reshape(H, W)
@@ -97,11 +99,11 @@ def peak_pages_exact(pos: np.ndarray, extent) -> int:
         jt, jy, jx = slice(max(dt, 0), T + min(dt, 0)), slice(max(dy, 0), H + min(dy, 0)), slice(max(dx, 0), W + min(dx, 0))
         it, iy, ix = slice(max(-dt, 0), T + min(-dt, 0)), slice(max(-dy, 0), H + min(-dy, 0)), slice(max(-dx, 0), W + min(-dx, 0))
         pj, pi = pos[jt, jy, jx], pos[it, iy, ix]
-        np.maximum(last[jt, jy, jx], np.where(pi > pj, pi, pj), out=last[jt, jy, jx])
+        lj = last[jt, jy, jx]
+        np.maximum(lj, np.where(pi > pj, pi, pj), out=lj)
     n = pos.size
-    starts = np.bincount(pos.ravel(), minlength=n)
-    ends = np.bincount((last.ravel() + 1).clip(max=n), minlength=n + 1)[:n]
-    return int((np.cumsum(starts) - np.cumsum(ends)).max())
+    ends = np.bincount(last.ravel() + 1, minlength=n + 1)[:n]      # pages freed before each step
+    return int((np.arange(1, n + 1) - np.cumsum(ends)).max())     # live = steps so far - freed so far
 
 
 def peak_pages_bound(names, grid, extent, region=None) -> int:

@@ -203,3 +203,48 @@ def test_ctrl_c_in_training_names_the_last_checkpoint(tmp_path, capsys, monkeypa
     assert code == 130, err
     assert f"the last complete checkpoint in {out} is at step 1; continue with the same command plus --resume" in err
     assert "nothing was written" not in err
+
+
+@pytest.mark.parametrize("edit,code,match", [
+    (dict(batch="0"), 2, "--batch must be >= 1, got 0"),
+    (dict(steps="-1"), 2, "--steps must be >= 1, got -1"),
+    (dict(sizes="16,x"), 2, "--sizes: expected comma-separated pixel sizes"),
+    (dict(out="FILE"), 2, "is a file; a training run writes a folder"),
+    (dict(stage="nuwa", cache="MODEL", vq="MODEL"), 3, "is a model checkpoint, not a token cache"),
+    (dict(stage="nuwa", vq="MISSING"), 3, "--vq"),
+    (dict(stage="cache", vq="MODEL", size="abc"), 2, "--size must be HxW in pixels"),
+    (dict(data="nowhere:1"), 2, "cannot parse"),
+])
+def test_train_cli_refuses_bad_arguments_before_work(tmp_path, capsys, edit, code, match):
+    model = tmp_path / "m.safetensors"
+    from nuwa_fast.checkpoint import save_checkpoint
+    from models import small_model
+    save_checkpoint(small_model(), model)
+    (tmp_path / "f.txt").write_text("mine")
+    subs = {"FILE": str(tmp_path / "f.txt"), "MODEL": str(model), "MISSING": str(tmp_path / "no.safetensors")}
+    edit = {k: subs.get(v, v) for k, v in edit.items()}
+    out = edit.pop("out", str(tmp_path / "run"))
+    argv = [edit.pop("stage", "vq"), "--out", out, "--no-progress", "--steps", "1"]
+    for k, v in edit.items():
+        argv += [f"--{k}", v]
+    got, err = _cli(argv, capsys)
+    assert got == code and match in err and "Traceback" not in err, (argv, got, err)
+    assert sorted(os.listdir(tmp_path)) == ["f.txt", "m.safetensors"]     # nothing created
+    assert (tmp_path / "f.txt").read_text() == "mine"
+
+
+def test_eval_cli_arguments(tmp_path, capsys):
+    code, err = _cli_eval(["--chain", "4by3"], capsys)
+    assert code == 2 and "--chain must be HxW in patches" in err
+    code, err = _cli_eval(["--json", str(tmp_path)], capsys)
+    assert code == 2 and "is a directory" in err
+    code, err = _cli_eval([str(tmp_path / "none.safetensors")], capsys)
+    assert code == 3 and "neither an existing checkpoint" in err
+
+
+def _cli_eval(argv, capsys):
+    try:
+        code = train_cli.eval(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
