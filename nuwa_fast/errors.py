@@ -5,7 +5,8 @@
     4    DoesNotFit   the request needs more memory or disk than there is: the message gives the numbers
     5    WriteFailed  an output could not be written (the message says what, if anything, was written)
     130  Interrupted  Ctrl-C (KeyboardInterrupt): the message says what, if anything, was written
-    1    anything else (a bug): one line naming the exception; NUWA_FAST_TRACEBACK=1 shows the traceback
+    1    anything else: a RuntimeError's message, or one line naming an unexpected exception (a bug);
+         NUWA_FAST_TRACEBACK=1 shows its traceback
 
 The first four derive from the builtin errors Python code already catches (ValueError, MemoryError,
 OSError), so `except ValueError` keeps working around a bad argument or a bad file.
@@ -106,7 +107,9 @@ def run_command(fn, argv, what_was_written=None) -> int:
         return 130
     except Exception as e:                                              # the command line's boundary
         code = exit_code(e)
-        if code == 1:
+        if code == 1 and isinstance(e, RuntimeError):                # a library's own message (torch, ...)
+            print(f"error: {message(e)}", file=sys.stderr)
+        elif code == 1:
             if os.environ.get("NUWA_FAST_TRACEBACK"):
                 raise
             print(f"error: unexpected {type(e).__name__}: {message(e)} (this is a bug; rerun with "
