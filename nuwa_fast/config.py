@@ -57,13 +57,11 @@ class TextConfig:
     def __post_init__(self):
         if self.encoder not in TEXT_ENCODERS:
             raise ValueError(f"TextConfig: encoder must be one of {TEXT_ENCODERS}, got {self.encoder!r}")
+        _check_ints(self, {"max_len": (1, 1 << 16), "width": (1, 1 << 16), "layers": (0, 1024),
+                           "heads": (1, 1024), "vocab": (1, 1 << 24)})
 
 
 TEXT_ENCODERS = ("bytes", "minilm")
-
-    def __post_init__(self):
-        _check_ints(self, {"max_len": (1, 1 << 16), "width": (1, 1 << 16), "layers": (0, 1024),
-                           "heads": (1, 1024), "vocab": (1, 1 << 24)})
 
 
 @dataclass(frozen=True)
