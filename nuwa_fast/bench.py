@@ -443,7 +443,8 @@ def build_parser():
 
 def setup_device(args) -> torch.device:
     """--device (default: cuda when present) and, on a CPU, --threads intra-op threads."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .checkpoint import check_device
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(max(1, args.threads))
     return device
@@ -501,4 +502,5 @@ def _write(path, result):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nuwa_fast.errors import run_command
+    raise SystemExit(run_command(main, None))

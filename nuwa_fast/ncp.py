@@ -90,7 +90,19 @@ def available_bytes(device) -> int:
                         avail = int(line.split()[1]) * 1024
         except OSError:
             pass
-    return min(avail, int(cap)) if cap else avail
+    return min(avail, env_bytes("NUWA_FAST_MAX_POOL_BYTES", cap)) if cap else avail
+
+
+def env_bytes(name: str, value: str) -> int:
+    from .errors import BadArgument
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise BadArgument(f"environment variable {name}={value!r} must be a whole number of bytes "
+                          f"(e.g. {name}=8000000000), or unset it")
+    return n
 
 
 def _human(n: int) -> str:
