@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import adc, engine, oracle, output, sizing
+from . import adc, engine, ncp, oracle, output, sizing
 from .engine import Stats, TaskSpec
 from .errors import BadFile
 from .model import NuwaModel
@@ -207,12 +207,13 @@ def _encode_pixels(model, img: np.ndarray, tile: int = 64):
 
 
 def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None, cuda_graphs=None,
-         compile_step=False):
+         compile_step=False, schedule="waves", max_lanes=None):
     if use_oracle:
         return oracle.run(model, spec, seed=seed, sampling=sampling)
     try:
         return engine.run(model, spec, seed=seed, sampling=sampling, backend=backend, progress=progress,
-                          attention=attention, cuda_graphs=cuda_graphs, compile_step=compile_step)
+                          attention=attention, cuda_graphs=cuda_graphs, compile_step=compile_step,
+                          schedule=schedule, max_lanes=max_lanes)
     except torch.OutOfMemoryError as e:
         raise _oom_advice(model, spec, sampling) from e
 
@@ -271,7 +272,9 @@ def _common(kw):
     args = dict(seed=check_seed(kw.pop("seed", 0)), backend=kw.pop("backend", None),
                 progress=bool(kw.pop("progress", False)), use_oracle=bool(kw.pop("oracle", False)),
                 attention=kw.pop("attention", None), cuda_graphs=kw.pop("cuda_graphs", None),
-                compile_step=bool(kw.pop("compile_step", False)))
+                compile_step=bool(kw.pop("compile_step", False)),
+                schedule=kw.pop("schedule", "waves"), max_lanes=kw.pop("max_lanes", None))
+    ncp.check_schedule(args["schedule"], args["max_lanes"])
     extent = _extent_arg(kw.pop("extent", None))
     if kw:
         raise TypeError(f"unexpected arguments {sorted(kw)}")
