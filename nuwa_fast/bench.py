@@ -204,7 +204,8 @@ def measure_latency(model, grid, order, k, args, budget=None, full_context=False
         plan_pages = plan.peak_pages
     spec = spec_for(cfg, grid, order, batch=args.batch, given=ff)
     t0 = time.perf_counter()
-    _, st = engine.run(model, spec, seed=0, max_patches=min(ff + k, N), patch_times=True, **run_kw)
+    _, st = engine.run(model, spec, seed=0, max_patches=min(ff + k, N), patch_times=True, schedule="sequential",
+                       **run_kw)
     times = st.extra["patch_seconds"][ff:]
     row = dict(canvas=f"{grid[1]}x{grid[2]}" + (f"x{grid[0]}f" if grid[0] > 1 else ""), order=order,
                patches=N, fast_forward=ff, measured=len(times), peak_pages=plan_pages,

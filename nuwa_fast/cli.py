@@ -67,6 +67,11 @@ def _common(sp, video=False, size=True):
     sp.add_argument("--extent", type=_extent, default=None, help="NCP extent e_t,e_h,e_w (<= the checkpoint's)")
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     sp.add_argument("--backend", default=None, help="torch | triton | cuda (default: best for the device)")
+    sp.add_argument("--schedule", default="waves", choices=["waves", "sequential"],
+                    help="waves: every patch whose context is complete at once (default); sequential: one "
+                         "patch at a time (the reference). Same tokens either way")
+    sp.add_argument("--max-lanes", type=_int("--max-lanes"), default=None,
+                    help="most patches decoded at once with --schedule waves (default: as memory allows)")
     sp.add_argument("--out", "-o", required=True, help="output file (.png for images, .gif/.mp4 for videos)")
     sp.add_argument("--overwrite", action="store_true", help="replace existing output files")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -94,7 +99,8 @@ def build_parser():
 
 def _kwargs(a):
     kw = dict(seed=a.seed, batch=a.batch, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-              guidance=a.guidance, extent=a.extent, backend=a.backend, progress=not a.quiet)
+              guidance=a.guidance, extent=a.extent, backend=a.backend, progress=not a.quiet,
+              schedule=a.schedule, max_lanes=a.max_lanes)
     if a.order:
         kw["order"] = a.order
     return kw
@@ -154,8 +160,8 @@ def run(argv=None) -> int:
     paths = r.save(a.out, overwrite=a.overwrite, **({"fps": a.fps} if r.is_video else {}))
     s = r.stats
     print(f"wrote {', '.join(paths)}: {s.patches} patches, {s.generated_tokens} tokens sampled in "
-          f"{s.seconds:.2f} s ({s.tokens_per_second:.0f} tokens/s), peak {s.peak_pages} pages, "
-          f"backend {s.backend}")
+          f"{s.seconds:.2f} s ({s.tokens_per_second:.0f} tokens/s) in {s.waves} waves "
+          f"({s.mean_lanes:.1f} patches each), peak {s.peak_pages} pages, backend {s.backend}")
     return 0
 
 

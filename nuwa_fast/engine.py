@@ -187,8 +187,11 @@ class Prepared:
 @torch.no_grad()
 def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, pool_dtype=None,
             attention: str | None = None, cuda_graphs: bool | None = None, compile_step: bool = False,
-            max_patches: int | None = None, schedule: str = "waves", max_lanes: int | None = None) -> Prepared:
-    """Check the arguments, plan, allocate every buffer and (on CUDA) capture the graphs."""
+            max_patches: int | None = None, schedule: str = "waves", max_lanes: int | None = None,
+            lane_buckets: bool | None = None) -> Prepared:
+    """Check the arguments, plan, allocate every buffer and (on CUDA) capture the graphs.
+    lane_buckets: round each group's lanes up to a bucket (bucket_sizes), padding the rest, as the
+    captured graphs need (default: with graphs only)."""
     from .sampling import Sampling
     from .steps import GraphedStep, PagedStep, Shared, StaticStep
 
@@ -220,11 +223,12 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
                                   ncp.default_pool_dtype(model.decoder.start.dtype, dev, pool_dtype))
     plan = ncp.plan(spec.order, extent, spec.grid, schedule, max_lanes)
     known, kmask, kinds = _known_tables(spec, model.cfg.patch, n)
+    buckets = graphs if lane_buckets is None else bool(lane_buckets)
     sh = Shared(model, spec, plan, extent, sampling, seed, backend, pool_dtype, known, kmask, n,
-                lanes=plan.max_lanes, spare_lane=graphs)
+                lanes=plan.max_lanes, spare_lane=buckets)
     step = PagedStep(sh) if attention == "paged" else StaticStep(sh, attention, compile_step=compile_step)
     rows = GraphedStep(step, graphs)
-    sched = Scheduler(sh, step, rows, plan, kinds, n, buckets=graphs)
+    sched = Scheduler(sh, step, rows, plan, kinds, n, buckets=buckets)
     capture_s = rows.prepare(prefill_buckets=sched.buckets("prefill"), decode_buckets=sched.buckets("decode"))
     return Prepared(sh, step, rows, sched, kinds, kmask, n, attention, backend, graphs, capture_s)
 

@@ -58,6 +58,8 @@ def test_generate_video_outpaint_animate(ckpt, tmp_path):
     (["generate", "-c", "/no/such.safetensors"], "neither an existing checkpoint", 3),
     (["outpaint", "/no/such.png", "--right", "8"], "does not exist", 3),
     (["generate", "-o", "out.txt"], "cannot save", 2),
+    (["generate", "--schedule", "fast"], "invalid choice: 'fast'", 2),
+    (["generate", "--max-lanes", "0"], "max_lanes must be a whole number >= 1", 2),
 ])
 def test_bad_arguments(ckpt, tmp_path, args, match, code, capsys):
     """In-process (argparse errors exit 2 through SystemExit, the rest return 2; a bad file 3)."""
