@@ -106,10 +106,11 @@ def test_lane_cap_splits_waves_same_tokens(plain, max_lanes):
 
 
 @pytest.mark.parametrize("attention", ["gathered", "paged"])
-def test_padded_lane_buckets_same_tokens(placed, attention):
+def test_padded_lane_buckets_same_tokens(plain, attention):
     """CUDA graphs run a group rounded up to a power-of-two bucket of lanes; the padding lanes (no
     context, a spare own page) must not change a real lane's tokens. Forced on the CPU here."""
-    grid = (1, 4, 5)
+    placed = plain
+    grid = (1, 5, 10)                       # widest wave 5: buckets 1, 2, 4, 5, so 3 lanes pad to 4
     order = adc.order("down", grid)
     spec = TaskSpec(grid=grid, order=order, prompts=["a", "b"], directions=adc.directions("down", grid))
     out, _ = engine.run(placed, spec, seed=1, attention=attention, schedule="sequential")
