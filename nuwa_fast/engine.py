@@ -254,8 +254,9 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
                   tokens of the patches not reached stay 0. Shapes are those of the whole run.
     sync_debug    "warn" | "error": torch.cuda.set_sync_debug_mode during the patch loop (CUDA only),
                   to prove the loop never waits for the host.
-    patch_times   record the wall time of every wave in stats.extra["wave_seconds"] (and, when
-                  sequential, of every patch in stats.extra["patch_seconds"]); CUDA events on a GPU.
+    patch_times   record the wall time of every wave in stats.extra["wave_seconds"], and per patch of
+                  the order the time of the wave that produced it in stats.extra["patch_seconds"]
+                  (= the patch's own time when sequential); CUDA events on a GPU.
     on_patch      on_patch(done_patches, total_patches) after every wave (previews, progress).
     """
     if sync_debug not in (None, "warn", "error"):
@@ -307,9 +308,9 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
                        staging_bytes=g.step.staging_bytes, capture_seconds=g.capture_seconds,
                        patches_total=len(spec.order), max_lanes=sh.K)
     if patch_times:
-        stats.extra["wave_seconds"] = _elapsed(events, on_cuda)
-        if schedule == "sequential":
-            stats.extra["patch_seconds"] = stats.extra["wave_seconds"]
+        stats.extra["wave_seconds"] = per_wave = _elapsed(events, on_cuda)
+        per_step = {i: t for groups, t in zip(sched.waves, per_wave) for g in groups for i in g.steps}
+        stats.extra["patch_seconds"] = [per_step[i] for i in sorted(per_step)]   # of the wave that made it
     return sh.out, stats
 
 
