@@ -117,3 +117,12 @@ def run_command(fn, argv, what_was_written=None) -> int:
         else:
             print(f"error: {message(e)}", file=sys.stderr)
         return code
+
+
+def human_bytes(n: float, digits: int = 2) -> str:
+    """1536 -> "1.50 KiB" (digits after the point; whole bytes below 1 KiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{digits}f} {unit}"
+        n /= 1024
+    return f"{n:.{digits}f} TiB"

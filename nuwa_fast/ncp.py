@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from . import adc, ops
+from .errors import human_bytes
 
 
 @dataclass
@@ -168,11 +169,7 @@ def env_bytes(name: str, value: str) -> int:
 
 
 def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
+    return human_bytes(n)
 
 
 def default_pool_dtype(model_dtype, device, requested=None):

@@ -17,18 +17,14 @@ import signal
 import threading
 from contextlib import contextmanager
 
-from .errors import BadArgument, DoesNotFit, Interrupted, WriteFailed
+from .errors import BadArgument, DoesNotFit, Interrupted, WriteFailed, human_bytes
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_EXTS = (".gif", ".mp4")
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return human_bytes(n, digits=1)
 
 
 def paths(path, kind: str, n: int) -> list[str]:

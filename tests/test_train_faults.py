@@ -145,9 +145,9 @@ def test_run_of_the_earlier_two_file_layout_resumes_and_migrates(tmp_path, whole
     assert _same(whole, _weights(out / "last.safetensors"))
 
 
-def _cli(argv, capsys):
+def _cli(argv, capsys, fn=None):
     try:
-        code = train_cli.main(argv)
+        code = (fn or train_cli.main)(argv)
     except SystemExit as e:
         code = e.code
     return code, capsys.readouterr().err
@@ -243,8 +243,4 @@ def test_eval_cli_arguments(tmp_path, capsys):
 
 
 def _cli_eval(argv, capsys):
-    try:
-        code = train_cli.eval(argv)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    return _cli(argv, capsys, train_cli.eval)
