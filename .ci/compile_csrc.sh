@@ -8,6 +8,8 @@
 #   PYTHON                interpreter whose headers/ABI the module targets (default .venv/bin/python
 #                         if present, else python3)
 #   KEEP_BUILD=1          keep the build directory (printed) instead of deleting it
+#   PTXAS_LOG             where the ptxas -v output goes (default build/csrc_ptxas.log; the resources
+#                         test in tests/test_kernel_resources.py reads it instead of compiling again)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,8 +38,17 @@ start=$(date +%s)
 echo "compile_csrc: $("$NVCC" --version | tail -n 1), archs $ARCHS, $JOBS jobs"
 cmake -S "$ROOT" -B "$BUILD" ${GEN[@]+"${GEN[@]}"} -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_COMPILER="$NVCC" -DPython3_EXECUTABLE="$PY" \
-  -DNUWA_FAST_CUDA_ARCHS="$ARCHS" --log-level=WARNING
-cmake --build "$BUILD" -j "$JOBS"
+  -DNUWA_FAST_CUDA_ARCHS="$ARCHS" -DNUWA_FAST_PTXAS_VERBOSE=ON --log-level=WARNING
+PTXAS_LOG="${PTXAS_LOG:-$ROOT/build/csrc_ptxas.log}"
+mkdir -p "$(dirname "$PTXAS_LOG")"
+# ptxas -v prints to the compiler's stderr: keep it in the log, show only the other lines
+set +e
+cmake --build "$BUILD" -j "$JOBS" 2>&1 | tee "$PTXAS_LOG.part" | grep -v -E "^ptxas info|bytes stack frame|^$"
+rc=${PIPESTATUS[0]}
+set -e
+if [[ "$rc" != 0 ]]; then echo "compile_csrc: build failed (rc $rc)" >&2; exit 1; fi
+mv "$PTXAS_LOG.part" "$PTXAS_LOG"
+echo "compile_csrc: ptxas -v log in $PTXAS_LOG ($(grep -c "Compiling entry function" "$PTXAS_LOG") entries)"
 
 so="$(ls "$BUILD"/_C*.so 2>/dev/null | head -n 1 || true)"
 if [[ -z "$so" ]]; then

@@ -2,6 +2,10 @@
 
     python3 benchmarks/bench_patch_attention.py                 # GPU: tiny + paper presets, bf16
     python3 benchmarks/bench_patch_attention.py --quick         # CPU: torch-side rows at reduced sizes
+    python3 benchmarks/bench_patch_attention.py --no-flex --budget-s 60   # GPU check: no Flex compiles
+
+The JSON is rewritten after every shape, so a run stopped by a timeout keeps the shapes it finished;
+--budget-s stops starting new shapes once that many seconds have passed.
 
 Shapes: an image with extent (0, 2, 2) -> C = 25 NCP slots; an interior patch in "down" order has 12 of
 them filled (the two rows above and the two patches to its left), plus its own page. Decode: M = 1 row
@@ -212,12 +216,14 @@ def git_rev():
 
 # ---- main -------------------------------------------------------------------------------------------
 def shapes(quick, on_gpu):
-    # (preset, mode, B): decode at 64 samples as the engine runs it; prefill smaller (compute-bound)
+    # (preset, mode, B), most telling first: paper decode at batch 1 (split-K path, SMs hard to fill),
+    # then the batch sweep, prefill (compute-bound) and the tiny preset
     if quick:
         return [("tiny", "decode", 4), ("tiny", "prefill", 2), ("paper", "decode", 2), ("paper", "prefill", 1)]
-    out = [("tiny", "decode", 64), ("tiny", "prefill", 16), ("paper", "decode", 64), ("paper", "prefill", 8)]
+    out = [("paper", "decode", 1), ("paper", "decode", 16), ("paper", "prefill", 8), ("paper", "decode", 64),
+           ("tiny", "decode", 64), ("tiny", "prefill", 16)]
     if on_gpu:
-        out.insert(3, ("paper", "decode", 2))          # few samples x heads: the split-over-slots path
+        out.insert(1, ("paper", "decode", 4))
     return out
 
 
@@ -229,28 +235,48 @@ def main():
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--layers", type=int, default=2, help="layers in the pool (k/v are strided views)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/patch_attention_<device>.json)")
+    ap.add_argument("--no-flex", action="store_true", help="leave FlexAttention out (its compiles take minutes)")
+    ap.add_argument("--budget-s", type=float, default=None, help="start no new shape after this many seconds")
     args = ap.parse_args()
+    t_start = time.perf_counter()
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     dtype = getattr(torch, args.dtype or ("bfloat16" if on_gpu else "float32"))
     repeats = args.repeats or (3 if args.quick or not on_gpu else 50)
     dev_name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
 
-    triton_fn, triton_version, triton_why = None, None, "GPU only (the interpreter is no timing)"
+    from nuwa_fast import ops
+    triton_version = None
     try:
         import triton
         triton_version = triton.__version__
-        if on_gpu:
-            from nuwa_fast.kernels import patch_attention as tk
-            triton_fn = tk.patch_attention
-    except Exception as e:                                                   # noqa: BLE001
-        triton_why = f"triton unavailable: {e}"
+    except ImportError:
+        pass
+    kernels, absent = {}, ops.absent_backends()
+    for name in ("triton", "cuda"):
+        if not on_gpu:
+            absent.setdefault(name, "GPU only (the interpreter is no timing)")
+        elif name in ops.available_backends():
+            kernels[name] = ops.get("patch_attention", name)
 
     copy_gbps = copy_bandwidth(device, args.quick)
     print(f"device {dev_name} | torch {torch.__version__} | triton {triton_version} | git {git_rev()} | "
           f"{dtype} | copy bandwidth {copy_gbps:.0f} GB/s")
+    out = args.out or os.path.join(ROOT, "benchmarks", "results", f"patch_attention_{dev_name.replace(' ', '_')}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+    def dump(rows, done):
+        with open(out + ".tmp", "w") as f:
+            json.dump(dict(device=dev_name, torch=torch.__version__, triton=triton_version, git=git_rev(),
+                           dtype=str(dtype), copy_gbps=copy_gbps, quick=args.quick, repeats=repeats,
+                           absent_backends=absent, complete=done, rows=rows), f, indent=1)
+        os.replace(out + ".tmp", out)
+
     rows = []
     for preset, mode, B in shapes(args.quick, on_gpu):
+        if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
+            print(f"\nbudget of {args.budget_s:.0f} s spent: stopping before {preset} {mode} B={B}")
+            break
         cfg = PRESETS[preset]
         M, q_start = (1, cfg.P // 2) if mode == "decode" else (cfg.P + 1, 0)
         inp = make_inputs(cfg, B, M, q_start, dtype, device, args.layers)
@@ -259,11 +285,19 @@ def main():
                                         for n, x in inp.items()})
         impls = [("torch-ref", lambda: ref.patch_attention(**inp), None),
                  ("sdpa-gathered", lambda: sdpa_gathered(**inp), None)]
-        try:
-            impls.append(("flex" + ("-compiled" if on_gpu else "-eager"), make_flex(inp, compiled=on_gpu), None))
-        except Exception as e:                                               # noqa: BLE001
-            impls.append(("flex", None, f"{type(e).__name__}: {str(e)[:80]}"))
-        impls.append(("triton", (lambda: triton_fn(**inp)) if triton_fn else None, None if triton_fn else triton_why))
+        if args.no_flex:
+            impls.append(("flex", None, "--no-flex"))
+        else:
+            try:
+                impls.append(("flex" + ("-compiled" if on_gpu else "-eager"), make_flex(inp, compiled=on_gpu), None))
+            except Exception as e:                                           # noqa: BLE001
+                impls.append(("flex", None, f"{type(e).__name__}: {str(e)[:80]}"))
+        for name in ("triton", "cuda"):
+            fn = kernels.get(name)
+            impls.append((name, (lambda fn=fn: fn(**inp)) if fn else None, None if fn else absent.get(name)))
+            if fn is not None and M == 1:          # the default split-K against none and 8 (one cluster)
+                impls.append((f"{name}-nosplit", lambda fn=fn: fn(**inp, num_splits=1), None))
+                impls.append((f"{name}-s8", lambda fn=fn: fn(**inp, num_splits=8), None))
         shape = f"{preset} {mode} B={B} H={cfg.heads} M={M} P={cfg.P} D={cfg.head_dim} C=25"
         print(f"\n{shape}  ({nbytes / 1e6:.1f} MB, {flops / 1e9:.2f} GFLOP)")
         print(f"  {'impl':16s} {'median ms':>10s} {'p10-p90 ms':>17s} {'GB/s':>8s} {'TFLOP/s':>8s} "
@@ -289,21 +323,17 @@ def main():
                 print(f"  {name:16s} {med * 1e3:10.3f} {p10 * 1e3:8.3f}-{p90 * 1e3:<8.3f} {row['gbps']:8.3g} "
                       f"{row['tflops']:8.3g} {row['pct_copy']:6.1f}% {err:9.2e}  {sp}")
             rows.append(row)
-        if triton_fn is not None:
+        if "triton" in kernels:
             from nuwa_fast.kernels.patch_attention import CHOSEN_CONFIGS
             key = (mode, M, cfg.P, cfg.head_dim, str(dtype).replace("torch.", ""))
             print(f"  triton config: {CHOSEN_CONFIGS.get(key)}")
             rows[-1]["config"] = CHOSEN_CONFIGS.get(key)
+        dump(rows, False)
         del inp, expect
         if on_gpu:
             torch.cuda.empty_cache()
 
-    out = args.out or os.path.join(ROOT, "benchmarks", "results", f"patch_attention_{dev_name.replace(' ', '_')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(dict(device=dev_name, torch=torch.__version__, triton=triton_version, git=git_rev(),
-                       dtype=str(dtype), copy_gbps=copy_gbps, quick=args.quick, repeats=repeats, rows=rows), f,
-                  indent=1)
+    dump(rows, True)
     print(f"\nwrote {out}")
 
 

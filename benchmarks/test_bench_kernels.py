@@ -137,15 +137,17 @@ def test_row_step(benchmark, tiny, attention, batch):
     grid = (1, 16, 16)
     spec = engine.TaskSpec(grid=grid, order=adc.order("down", grid), prompts=[""] * batch)
     with torch.no_grad():                                      # as engine.run
-        g = engine.prepare(tiny, spec, attention=attention)
-        for i in range(3):                                      # a few patches in, so the pool has pages
-            g.step.begin_patch(i)
-            for s in range(tiny.cfg.P + 1):
-                g.rows.row(s)
-            g.step.end_patch(i)
-            g.sh.pool.remove(g.sh.freed[i])
-        g.step.begin_patch(3)
+        g = engine.prepare(tiny, spec, attention=attention, schedule="sequential")
+        sched = g.scheduler
+        for w in range(3):                                      # a few patches in, so the pool has pages
+            for grp in sched.waves[w]:
+                sched.run_group(grp)
+            g.sh.pool.remove(sched.freed[w])
+        grp = sched.waves[3][0]
+        sched.select_add(grp)
+        g.sh.load_lanes(sched.lane_steps[grp.offset:grp.offset + 1], grp.bucket)
+        g.step.begin_group(None)
         s = tiny.cfg.P // 2
         benchmark.group = f"row step B={batch}"
         benchmark.extra_info.update(graphs=g.graphs, attention=attention)
-        benchmark(timed(lambda: g.rows.row(s)))
+        benchmark(timed(lambda: g.rows.row(s, grp.bucket)))

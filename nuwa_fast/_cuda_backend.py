@@ -17,7 +17,6 @@ import warnings
 import torch
 
 from nuwa_fast import _C  # ImportError when the csrc module is not built
-from nuwa_fast.ops import reference
 
 if not torch.cuda.is_available():
     raise ImportError("the cuda backend needs a CUDA device")
@@ -34,10 +33,7 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-@functools.lru_cache(maxsize=None)
-def _max_splits(index: int) -> int:
-    """sm_90+: at most 8 splits, so that they merge inside one thread block cluster (one launch)."""
-    return 8 if torch.cuda.get_device_capability(index)[0] >= 9 else 64
+MAX_SPLITS = 64
 
 
 def _stream(t: torch.Tensor) -> int:
@@ -61,21 +57,33 @@ def _aligned16(t: torch.Tensor) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"nuwa_fast cuda patch_attention: {reason}; using the torch reference", stacklevel=3)
+    warnings.warn(f"nuwa_fast cuda patch_attention: {reason}", stacklevel=4)
 
 
 def default_splits(B: int, H: int, C: int, P: int, device: torch.device) -> int:
     """Split the keys of a decode row (flash-decoding) when B*H blocks leave the SMs idle.
 
-    Aim at ~4 blocks per SM, keep at least 256 keys per split, at most 8 splits on sm_90+ (cluster
-    merge) and 64 elsewhere.
+    Sized from the SM count: about 4 blocks of 128 threads per SM (B*H*S >= 4*SMs), at least 128 keys
+    of the fullest possible row per split, at most MAX_SPLITS. Paper preset at batch 1 on 132 SMs:
+    H = 20 -> 27 splits, capped at (25*256 + 256)/128 = 52 -> 540 blocks (8 splits, the most one
+    cluster merge allows, gave 160). Up to 8 splits merge in a thread block cluster on sm_90+, more
+    through the reduce kernel (one more launch).
     """
     bh = max(B * H, 1)
     index = device.index if device.index is not None else torch.cuda.current_device()
     target = 4 * _sm_count(index)
     if bh >= target:
         return 1
-    return max(1, min(-(-target // bh), (C * P + P) // 256, _max_splits(index)))
+    return max(1, min(-(-target // bh), (C * P + P) // 128, MAX_SPLITS))
+
+
+def _fallback_impl(reason: str):
+    """Where a shape the CUDA kernels do not cover goes: the Triton kernel (any head dim, any strides)
+    when that backend is loaded, else the torch reference. Warns once per reason."""
+    from nuwa_fast import ops
+    use = "triton" if "triton" in ops.available_backends() else "torch"
+    _warn_fallback(f"{reason}; using the {use} backend")
+    return ops.get("patch_attention", use)
 
 
 def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel, null_k, null_v,
@@ -119,16 +127,15 @@ def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, ow
     if q.stride(-1) != 1:
         q = q.contiguous()
     fallback = None
-    if D not in _HEAD_DIMS:
-        fallback = f"head dim {D} not in {_HEAD_DIMS}"
+    if D not in _HEAD_DIMS:   # one lane group of D*sizeof(T)/16 lanes per key: a power of two <= 32
+        fallback = f"head dim {D} not in {_HEAD_DIMS} (the kernels' 16-byte lane groups)"
     elif k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         fallback = "k/v cache head dim is not contiguous"
     elif not (_aligned16(q) and _aligned16(k_cache) and _aligned16(v_cache)):
         fallback = "k/v cache or q not 16-byte aligned"
     if fallback is not None:
-        _warn_fallback(fallback)
-        return reference.patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel,
-                                         null_k, null_v, scale)
+        return _fallback_impl(fallback)(q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel,
+                                        null_k, null_v, scale)
 
     page_table = _int32(page_table)
     own_page = _int32(own_page)

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import adc, engine, oracle
+from . import adc, engine, ncp, oracle, output, sizing
 from .engine import Stats, TaskSpec
+from .errors import BadFile
 from .model import NuwaModel
-from .sampling import Sampling
+from .sampling import Sampling, check_seed
 
 MAX_PIXELS_SIDE = 1 << 20
 
@@ -37,37 +38,32 @@ class Result:
             return [[Image.fromarray(f) for f in clip] for clip in self.pixels]
         return [Image.fromarray(im) for im in self.pixels]
 
-    def save(self, path: str, fps: int = 8) -> list[str]:
-        """PNG (image) or GIF/MP4 (video); with several samples, `name_0.ext`, `name_1.ext`, ...
+    @property
+    def kind(self) -> str:
+        return "video" if self.is_video else "image"
 
-        Each file is written to a temporary name and renamed, so an interrupted save never leaves
-        a half-written file under the requested name.
+    def save(self, path: str, fps: int = 8, overwrite: bool = True) -> list[str]:
+        """PNG/JPEG/WebP/BMP (image) or GIF/MP4 (video); with several samples `name_0.ext`, `name_1.ext`, ...
+
+        Every file is written to its own temporary name and the batch is renamed into place only
+        when all files are complete: an interrupted or failed save leaves nothing (nuwa_fast.output).
+        overwrite=False refuses to replace an existing file.
         """
-        root, ext = os.path.splitext(path)
-        ext = ext.lower() or (".gif" if self.is_video else ".png")
-        allowed = (".gif", ".mp4") if self.is_video else (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-        if ext not in allowed:
-            raise ValueError(f"cannot save a {'video' if self.is_video else 'image'} as {ext!r}; use one of {allowed}")
-        paths = [f"{root}{ext}"] if len(self.pixels) == 1 else [f"{root}_{i}{ext}" for i in range(len(self.pixels))]
-        os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
-        for arr, dst in zip(self.pixels, paths):
-            tmp = f"{dst}.partial{ext}"
-            try:
-                _write(arr, tmp, ext, fps)
-                os.replace(tmp, dst)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        return paths
+        names = output.check(path, self.kind, len(self.pixels), overwrite=overwrite)
+        ext = os.path.splitext(names[0])[1]
+        return output.write_all(list(self.pixels), names, lambda arr, tmp: _write(arr, tmp, ext, fps),
+                                overwrite=overwrite)
+
+_PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
 def _write(arr, path, ext, fps):
     from PIL import Image
     if arr.ndim == 3:
-        Image.fromarray(arr).save(path)
+        Image.fromarray(arr).save(path, format=_PIL_FORMATS[ext])
     elif ext == ".gif":
         frames = [Image.fromarray(f) for f in arr]
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+        frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
     else:
         write_mp4(arr, path, fps)
 
@@ -107,6 +103,15 @@ def _size(name, v, minimum=1):
     return v
 
 
+def _extent_arg(extent):
+    if extent is None:
+        return None
+    if isinstance(extent, (str, bytes)) or not hasattr(extent, "__len__") or len(extent) != 3 or \
+            any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 0 for e in extent):
+        raise ValueError(f"extent must be three whole numbers >= 0 (e_t, e_h, e_w), e.g. (0, 2, 2); got {extent!r}")
+    return tuple(int(e) for e in extent)
+
+
 def _prompts(prompt, batch):
     batch = _size("batch", batch)
     if prompt is None or isinstance(prompt, str):
@@ -118,18 +123,40 @@ def _prompts(prompt, batch):
     raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
 
 
+def _open_image(path: str):
+    """Open and fully decode an image file, refusing missing, empty, unknown and damaged files."""
+    from PIL import Image, UnidentifiedImageError
+    if os.path.isdir(path):
+        raise BadFile(f"{path!r} is a directory, not an image file; give the path of a PNG or JPEG inside it")
+    if not os.path.exists(path):
+        raise BadFile(f"image file {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise BadFile(f"image file {path!r} is empty (0 bytes); give a PNG or JPEG file")
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise BadFile(f"image file {path!r} is larger than Pillow's decompression-bomb limit "
+                      f"({e}); if you trust the file, load it yourself after setting "
+                      f"PIL.Image.MAX_IMAGE_PIXELS = None and pass the image, or downscale it") from e
+    except UnidentifiedImageError:
+        raise BadFile(f"{path!r} is not an image file Pillow can read (PNG, JPEG, WebP, BMP, GIF, ...)") from None
+    except OSError as e:
+        raise BadFile(f"cannot read image file {path!r}: it is truncated or corrupt ({e.strerror or e}); "
+                      f"re-export it as PNG or JPEG") from None
+    try:
+        image.load()
+    except Image.DecompressionBombError as e:
+        raise BadFile(f"image file {path!r} is larger than Pillow's decompression-bomb limit ({e})") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadFile(f"image file {path!r} is truncated or corrupt ({e}); re-export it as PNG or JPEG") from None
+    return image
+
+
 def to_rgb_array(image) -> np.ndarray:
     """PIL image, uint8 array [H, W, 3] or float tensor [3, H, W] in [-1, 1] -> uint8 [H, W, 3]."""
     from PIL import Image
     if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"image file {str(image)!r} does not exist")
-        try:
-            image = Image.open(image)
-        except Image.DecompressionBombError as e:
-            raise ValueError(f"image file {str(image)!r} is larger than Pillow's decompression-bomb limit "
-                             f"({e}); if you trust the file, load it yourself after setting "
-                             f"PIL.Image.MAX_IMAGE_PIXELS = None and pass the image, or downscale it") from e
+        image = _open_image(os.fspath(image))
     if isinstance(image, Image.Image):
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
             raise ValueError(f"image mode {image.mode!r} (high bit depth) is not supported; convert it to 8-bit "
@@ -200,10 +227,10 @@ def _encode_pixels(model, img: np.ndarray, tile: int = 64):
 
 @dataclass
 class PatchEvent:
-    """What an `on_patch` callback receives after each patch (every task takes on_patch=callable)."""
-    index: int                      # step of the order just finished, 0-based
-    total: int                      # steps in this run
-    patch: tuple                    # its (t, y, x) in the patch grid
+    """What an `on_patch` callback receives after each wave of patches (every task takes on_patch=callable)."""
+    done: int                       # patches finished so far (a wave finishes several at once)
+    total: int                      # patches in this run
+    patch: tuple                    # (t, y, x) in the patch grid of the latest patch of the order finished
     tokens: torch.Tensor            # int64 [B, T, Hg*p, Wg*p], live: patches not reached yet hold 0
     _view: object = None
 
@@ -245,7 +272,7 @@ def _compile_advice(stats):
 
 
 def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, attention=None, cuda_graphs=None,
-         compile_step=False, on_patch=None, view=None):
+         compile_step=False, schedule="waves", max_lanes=None, on_patch=None, view=None):
     if use_oracle:
         return oracle.run(model, spec, seed=seed, sampling=sampling)
     hook = None
@@ -253,12 +280,13 @@ def _run(model, spec, seed, sampling, backend, progress, use_oracle=False, atten
         if not callable(on_patch):
             raise TypeError(f"on_patch must be a callable taking a PatchEvent, got {type(on_patch).__name__}")
 
-        def hook(i, n, tokens):
-            on_patch(PatchEvent(i, n, tuple(spec.order[i]), tokens, view))
+        def hook(done, total, tokens, steps):
+            on_patch(PatchEvent(done, total, tuple(spec.order[max(steps)]), tokens, view))
     try:
         tokens, stats = engine.run(model, spec, seed=seed, sampling=sampling, backend=backend, progress=progress,
                                    attention=attention, cuda_graphs=cuda_graphs, compile_step=compile_step,
-                                   patch_times=bool(compile_step), **({"on_patch": hook} if hook else {}))
+                                   schedule=schedule, max_lanes=max_lanes, patch_times=bool(compile_step),
+                                   on_patch=hook)
     except torch.OutOfMemoryError as e:
         raise _oom_advice(model, spec, sampling) from e
     if compile_step and stats.extra.get("compiled"):
@@ -318,11 +346,14 @@ def _sampling(kw):
 
 def _common(kw):
     s = _sampling(kw)
-    args = dict(seed=int(kw.pop("seed", 0)), backend=kw.pop("backend", None),
+    args = dict(seed=check_seed(kw.pop("seed", 0)), backend=kw.pop("backend", None),
                 progress=bool(kw.pop("progress", False)), use_oracle=bool(kw.pop("oracle", False)),
                 attention=kw.pop("attention", None), cuda_graphs=kw.pop("cuda_graphs", None),
-                compile_step=bool(kw.pop("compile_step", False)), on_patch=kw.pop("on_patch", None))
-    extent = kw.pop("extent", None)
+                compile_step=bool(kw.pop("compile_step", False)),
+                schedule=kw.pop("schedule", "waves"), max_lanes=kw.pop("max_lanes", None),
+                on_patch=kw.pop("on_patch", None))
+    ncp.check_schedule(args["schedule"], args["max_lanes"])
+    extent = _extent_arg(kw.pop("extent", None))
     if kw:
         raise TypeError(f"unexpected arguments {sorted(kw)}")
     return s, args, extent
@@ -349,8 +380,11 @@ def _generate(self, prompt, frames, height, width, order, batch, region, kw) -> 
     f = self.cfg.vq.f
     h, w = -(-H // f), -(-W // f)
     grid = _grid(self, T, h, w)
-    spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=_prompts(prompt, batch),
-                    extent=extent, directions=adc.directions(order, grid))
+    prompts = _prompts(prompt, batch)
+    _, region = sizing.check_canvas(self, grid, order, region, len(prompts), extent, s, (T, H, W),
+                                    pool=not args["use_oracle"])
+    spec = TaskSpec(grid=grid, order=adc.order(order, grid, region), prompts=prompts, extent=extent,
+                    directions=adc.directions(order, grid))
     tokens, stats = _run(self, spec, sampling=s, view=lambda tok, t: _decode(self, tok, 1, h, w, H, W)[0, 0],
                          **args)
     return Result(pixels=_decode(self, tokens, T, h, w, H, W), tokens=tokens, stats=stats)
@@ -378,10 +412,10 @@ def outpaint(self: NuwaModel, image, left=0, right=0, top=0, bottom=0, prompt=No
         order = {"right": "right", "left": "left", "bottom": "down", "top": "up"}[sides[0]] \
             if len(sides) == 1 else "outward"
     region = (tt // p, lt // p, (tt + Hi // f - 1) // p, (lt + Wi // f - 1) // p) if order == "outward" else None
-    patch_order = adc.order(order, grid, region)
     prompts = _prompts(prompt, batch)
-    if not args["use_oracle"]:                                          # before the (costly) encode
-        engine.check_fits(self, grid, patch_order, len(prompts), extent, s)
+    sizing.check_canvas(self, grid, order, region, len(prompts), extent, s, (1, H, W), known=True,
+                        pool=not args["use_oracle"])                    # before the order and the encode
+    patch_order = adc.order(order, grid, region)
     known = np.zeros((1, grid[1] * p, grid[2] * p), dtype=np.int64)
     mask = np.zeros_like(known, dtype=bool)
     toks = _encode_pixels(self, img)
@@ -413,10 +447,10 @@ def animate(self: NuwaModel, image, frames=8, prompt=None, order="down", batch=1
         raise ValueError(f"image is {W}x{H} pixels; it must be at least {f}x{f} (one VQ token)")
     h, w = -(-H // f), -(-W // f)
     grid = _grid(self, T, h, w)
-    patch_order = adc.order(order, grid)
     prompts = _prompts(prompt, batch)
-    if not args["use_oracle"]:                                          # before the (costly) encode
-        engine.check_fits(self, grid, patch_order, len(prompts), extent, s)
+    sizing.check_canvas(self, grid, order, None, len(prompts), extent, s, (T, H, W), known=True,
+                        pool=not args["use_oracle"])                    # before the order and the encode
+    patch_order = adc.order(order, grid)
     known = np.zeros((T, grid[1] * p, grid[2] * p), dtype=np.int64)
     mask = np.zeros_like(known, dtype=bool)
     known[0, :h, :w] = _encode_pixels(self, img)

@@ -210,7 +210,8 @@ def measure_latency(model, grid, order, k, args, budget=None, full_context=False
         plan_pages = plan.peak_pages
     spec = spec_for(cfg, grid, order, batch=args.batch, given=ff)
     t0 = time.perf_counter()
-    _, st = engine.run(model, spec, seed=0, max_patches=min(ff + k, N), patch_times=True, **run_kw)
+    _, st = engine.run(model, spec, seed=0, max_patches=min(ff + k, N), patch_times=True, schedule="sequential",
+                       **run_kw)
     times = st.extra["patch_seconds"][ff:]
     row = dict(canvas=f"{grid[1]}x{grid[2]}" + (f"x{grid[0]}f" if grid[0] > 1 else ""), order=order,
                patches=N, fast_forward=ff, measured=len(times), peak_pages=plan_pages,
@@ -487,7 +488,8 @@ def build_parser():
 
 def setup_device(args) -> torch.device:
     """--device (default: cuda when present) and, on a CPU, --threads intra-op threads."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .checkpoint import check_device
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(max(1, args.threads))
     return device
@@ -562,4 +564,5 @@ def _write(path, result):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nuwa_fast.errors import run_command
+    raise SystemExit(run_command(main, None))

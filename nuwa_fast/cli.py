@@ -29,6 +29,15 @@ def _float(v):
     return x
 
 
+def _seed(v):
+    from .sampling import check_seed
+    try:
+        return check_seed(int(v), "--seed")
+    except ValueError as e:
+        msg = str(e) if v.strip().lstrip("+-").isdigit() else f"--seed must be a whole number, got {v!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def _extent(v):
     try:
         e = tuple(int(x) for x in v.split(","))
@@ -49,7 +58,7 @@ def _common(sp, video=False, size=True):
         sp.add_argument("--frames", type=_int("--frames"), default=8)
         sp.add_argument("--fps", type=_int("--fps"), default=8)
     sp.add_argument("--order", default=None, help="down | right | up | left | outward")
-    sp.add_argument("--seed", type=_int("--seed"), default=0)
+    sp.add_argument("--seed", type=_seed, default=0, help="any whole number in [0, 2**64)")
     sp.add_argument("--batch", type=_int("--batch"), default=1, help="samples generated in lockstep")
     sp.add_argument("--temperature", type=_float, default=1.0)
     sp.add_argument("--top-k", type=_int("--top-k"), default=0)
@@ -58,7 +67,13 @@ def _common(sp, video=False, size=True):
     sp.add_argument("--extent", type=_extent, default=None, help="NCP extent e_t,e_h,e_w (<= the checkpoint's)")
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     sp.add_argument("--backend", default=None, help="torch | triton | cuda (default: best for the device)")
+    sp.add_argument("--schedule", default="waves", choices=["waves", "sequential"],
+                    help="waves: every patch whose context is complete at once (default); sequential: one "
+                         "patch at a time (the reference). Same tokens either way")
+    sp.add_argument("--max-lanes", type=_int("--max-lanes"), default=None,
+                    help="most patches decoded at once with --schedule waves (default: as memory allows)")
     sp.add_argument("--out", "-o", required=True, help="output file (.png for images, .gif/.mp4 for videos)")
+    sp.add_argument("--overwrite", action="store_true", help="replace existing output files")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _speed(sp)
 
@@ -103,7 +118,8 @@ def build_parser():
 
 def _kwargs(a):
     kw = dict(seed=a.seed, batch=a.batch, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-              guidance=a.guidance, extent=a.extent, backend=a.backend, progress=not a.quiet)
+              guidance=a.guidance, extent=a.extent, backend=a.backend, progress=not a.quiet,
+              schedule=a.schedule, max_lanes=a.max_lanes)
     if a.attention:
         kw["attention"] = a.attention
     if a.cuda_graphs:
@@ -134,7 +150,8 @@ def run(argv=None) -> int:
     import warnings
     warnings.formatwarning = lambda message, *args, **kw: f"warning: {message}\n"
     import nuwa_fast
-    from . import runtime
+    from . import output, runtime
+    from .checkpoint import check_device
     if a.cmd == "info":
         from nuwa_fast import ops
         model = nuwa_fast.load(a.checkpoint)
@@ -145,6 +162,21 @@ def run(argv=None) -> int:
                           "backend_status": runtime.backend_report(),
                           "config": json.loads(model.cfg.to_json())}, indent=2))
         return 0
+    # Everything cheap first, in this order: arguments, output path, input image, checkpoint, canvas.
+    check_device(a.device)
+    from .ncp import available_bytes
+    available_bytes(a.device if a.device.startswith("cuda") else "cpu")   # a bad NUWA_FAST_MAX_POOL_BYTES
+    kind = "image" if a.cmd in ("generate", "outpaint") else "video"
+    names = output.check(a.out, kind, a.batch, overwrite=a.overwrite)
+    image = None
+    if a.cmd in ("outpaint", "animate"):
+        from .api import to_rgb_array
+        image = to_rgb_array(a.image)
+        H, W = image.shape[0] + (a.top + a.bottom if a.cmd == "outpaint" else 0), \
+            image.shape[1] + (a.left + a.right if a.cmd == "outpaint" else 0)
+    else:
+        H, W = a.height, a.width
+    output.check_space(names, a.batch * getattr(a, "frames", 1) * H * W * 3)
     threads = runtime.set_threads(a.threads)
     hint = runtime.busy_hint(threads) if a.threads is None else None
     if hint:
@@ -155,39 +187,35 @@ def run(argv=None) -> int:
     if preview is not None:
         kw["on_patch"] = preview
     try:
-        return _task(a, model, kw)
+        return _task(a, model, image, kw)
     finally:
         if preview is not None:
             preview.remove()
 
 
-def _task(a, model, kw) -> int:
+def _task(a, model, image, kw) -> int:
     if a.cmd == "generate":
         r = model.generate_image(a.prompt, height=a.height, width=a.width, **kw)
     elif a.cmd == "video":
         r = model.generate_video(a.prompt, frames=a.frames, height=a.height, width=a.width, **kw)
     elif a.cmd == "outpaint":
-        r = model.outpaint(a.image, left=a.left, right=a.right, top=a.top, bottom=a.bottom, prompt=a.prompt, **kw)
+        r = model.outpaint(image, left=a.left, right=a.right, top=a.top, bottom=a.bottom, prompt=a.prompt, **kw)
     else:
-        r = model.animate(a.image, frames=a.frames, prompt=a.prompt, **kw)
-    paths = r.save(a.out, **({"fps": a.fps} if r.is_video else {}))
+        r = model.animate(image, frames=a.frames, prompt=a.prompt, **kw)
+    paths = r.save(a.out, overwrite=a.overwrite, **({"fps": a.fps} if r.is_video else {}))
     s = r.stats
     print(f"wrote {', '.join(paths)}: {s.patches} patches, {s.generated_tokens} tokens sampled in "
-          f"{s.seconds:.2f} s ({s.tokens_per_second:.0f} tokens/s), peak {s.peak_pages} pages, "
-          f"backend {s.backend}, {__import__('torch').get_num_threads()} threads")
+          f"{s.seconds:.2f} s ({s.tokens_per_second:.0f} tokens/s) in {s.waves} waves "
+          f"({s.mean_lanes:.1f} patches each), peak {s.peak_pages} pages, backend {s.backend}, "
+          f"{__import__('torch').get_num_threads()} threads")
     return 0
 
 
 def main(argv=None) -> int:
-    from .checkpoint import CheckpointError
-    try:
-        return run(argv)
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError, RuntimeError, MemoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Exit codes (nuwa_fast.errors): 0 done, 2 bad argument, 3 bad input file, 4 does not fit,
+    5 write failed, 130 interrupted, 1 a bug."""
+    from .errors import run_command
+    return run_command(run, argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,19 @@ import json
 from dataclasses import dataclass, field
 
 
+def _check_ints(obj, bounds: dict):
+    """Each named field a whole number (not a bool) within [lo, hi]: a checkpoint's config is data
+    from a file, so its sizes are refused before anything is built from them."""
+    name = type(obj).__name__
+    for field_name, (lo, hi) in bounds.items():
+        vals = getattr(obj, field_name)
+        for v in (vals if isinstance(vals, tuple) else (vals,)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name}: {field_name} must be a whole number, got {v!r}")
+            if not lo <= v <= hi:
+                raise ValueError(f"{name}: {field_name} must be between {lo} and {hi}, got {v}")
+
+
 @dataclass(frozen=True)
 class VQConfig:
     f: int = 8                      # spatial downsampling: token grid = pixels / f
@@ -20,6 +33,10 @@ class VQConfig:
     res_blocks: int = 1             # residual blocks per resolution
 
     def __post_init__(self):
+        if not isinstance(self.channel_mult, tuple) or not 1 <= len(self.channel_mult) <= 8:
+            raise ValueError(f"VQConfig: channel_mult must be a tuple of 1 to 8 ints, got {self.channel_mult!r}")
+        _check_ints(self, {"f": (1, 128), "codebook_size": (2, 1 << 20), "code_dim": (1, 8192),
+                           "channels": (1, 8192), "channel_mult": (1, 64), "res_blocks": (0, 64)})
         if 2 ** (len(self.channel_mult) - 1) != self.f:
             raise ValueError(f"VQConfig: channel_mult has {len(self.channel_mult)} levels, which gives "
                              f"f={2 ** (len(self.channel_mult) - 1)}, not f={self.f}; use "
@@ -40,6 +57,8 @@ class TextConfig:
     def __post_init__(self):
         if self.encoder not in TEXT_ENCODERS:
             raise ValueError(f"TextConfig: encoder must be one of {TEXT_ENCODERS}, got {self.encoder!r}")
+        _check_ints(self, {"max_len": (1, 1 << 16), "width": (1, 1 << 16), "layers": (0, 1024),
+                           "heads": (1, 1024), "vocab": (1, 1 << 24)})
 
 
 TEXT_ENCODERS = ("bytes", "minilm")
@@ -63,6 +82,10 @@ class NuwaConfig:
     name: str = "custom"
 
     def __post_init__(self):
+        if not isinstance(self.extent, tuple) or len(self.extent) != 3:
+            raise ValueError(f"NuwaConfig: extent must be three non-negative ints, got {self.extent!r}")
+        _check_ints(self, {"patch": (1, 256), "width": (1, 1 << 16), "layers": (1, 1024), "heads": (1, 1024),
+                           "mlp_ratio": (1, 64), "extent": (0, 64), "max_text_tokens": (1, 1 << 16)})
         if self.width % self.heads:
             raise ValueError(f"NuwaConfig: width {self.width} is not divisible by heads {self.heads}")
         if self.patch < 1:

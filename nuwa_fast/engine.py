@@ -1,9 +1,12 @@
-"""The engine: one patch loop for all five tasks.
+"""The engine: one loop of waves for all five tasks.
 
-For each patch of the order: select its context pages (NCP select), allocate its own page (add),
-then either prefill its P known tokens in one pass (a given patch) or decode its P+1 rows one at a
-time (a generated patch; rows whose token is known are forced), finally free the pages no later
-patch needs (remove). B samples (2B with classifier-free guidance) move in lockstep.
+A wave is every patch whose selected context is complete (ncp.plan, schedule="waves"; "sequential"
+is one patch per wave, the reference). For each wave the scheduler (nuwa_fast.scheduler) selects the
+context pages of every lane (lane = sample x patch), allocates their own pages (add), prefills the
+given lanes in one pass and decodes the P+1 rows of the others in one batched step (rows whose
+token is known are forced), then frees the pages no later wave needs (remove). Tokens do not depend
+on the schedule: every lane sees its sequential context and the sampler's noise is keyed by (seed,
+sample, patch index in the order, row). B samples (2B with classifier-free guidance) per lane.
 
 Everything the loop touches lives in static buffers allocated before the loop (nuwa_fast.steps), so
 the per-row decode step and the prefill of a given patch are fixed-shape functions of device
@@ -32,9 +35,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import adc, ncp, nvtx, ops
+from . import adc, ncp, ops
+from .scheduler import PatchKind, Scheduler
 
 ATTENTION_MODES = ("paged", "gathered", "sdpa", "flex")
+SCHEDULES = ncp.SCHEDULES
 
 
 @dataclass
@@ -63,6 +68,9 @@ class Stats:
     peak_pages: int = 0                  # logical pages (each holds B samples' pages)
     pool_bytes: int = 0
     backend: str = "torch"
+    schedule: str = "waves"
+    waves: int = 0                       # batched steps run (= patches when sequential)
+    mean_lanes: float = 0.0              # patches per wave
     extra: dict = field(default_factory=dict)
 
     @property
@@ -110,7 +118,8 @@ def grid_extent(extent, grid):
     return (min(extent[0], T - 1), min(extent[1], Hg - 1), min(extent[2], Wg - 1))
 
 
-def check_fits(model, grid, order, batch: int, extent=None, sampling=None, pool_dtype=None) -> int:
+def check_fits(model, grid, order, batch: int, extent=None, sampling=None, pool_dtype=None,
+               schedule: str = "waves", max_lanes: int | None = None) -> int:
     """Raise ncp.PoolTooLarge (naming the pages needed) if this request's pool cannot be allocated.
 
     Needs only the grid and the order, so callers run it before any expensive work (encoding a
@@ -119,13 +128,32 @@ def check_fits(model, grid, order, batch: int, extent=None, sampling=None, pool_
     e = grid_extent(check_extent(model, extent), grid)
     cfg = model.cfg
     Bt = batch * (2 if sampling is not None and sampling.guidance != 1.0 else 1)
-    return ncp.check_pool_fits(ncp.plan(order, e, grid).peak_pages, Bt, cfg.layers, cfg.heads, cfg.P,
-                               cfg.head_dim, pool_dtype or model.decoder.start.dtype, model.device)
+    ncp.check_schedule(schedule, max_lanes)
+    dtype = ncp.default_pool_dtype(model.decoder.start.dtype, model.device, pool_dtype)
+    if schedule == "waves" and max_lanes is None:     # the default cap comes from the memory
+        max_lanes = default_lanes(model, order, e, grid, Bt, dtype)
+    return ncp.check_pool_fits(ncp.plan(order, e, grid, schedule, max_lanes).peak_pages, Bt, cfg.layers, cfg.heads,
+                               cfg.P, cfg.head_dim, dtype, model.device)
+
+
+def default_lanes(model, order, extent, grid, Bt: int, dtype, share: float = 0.5) -> int:
+    """The widest wave, halved until the pool of the waves plan plus the per-lane staging buffers fit
+    in `share` of the memory a pool may use (ncp.available_bytes)."""
+    cfg = model.cfg
+    page = cfg.layers * 2 * cfg.heads * cfg.P * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+    # per lane and sample: the gathered [context | own | null] K/V of every layer + its fp32 bias row
+    ctx = adc.num_offsets(extent) * cfg.P + cfg.P + 1
+    lane = Bt * (page // cfg.P * ctx + cfg.layers * cfg.heads * ctx * 4)
+    budget = share * ncp.available_bytes(model.device)
+    cap = ncp.plan(order, extent, grid, "waves").max_lanes
+    while cap > 1 and ncp.plan(order, extent, grid, "waves", cap).peak_pages * Bt * page + cap * lane > budget:
+        cap //= 2
+    return max(cap, 1)
 
 
 def _known_tables(spec: TaskSpec, p: int, n: int):
-    """Per step of the order: known tokens and mask [n, P+1] (column P: scratch), and the kind of
-    each step: 2 = given (all P known: prefill), 1 = partly known (decode, forced rows), 0 = free."""
+    """Per step of the order: known tokens and mask [n, P+1] (column P: scratch), and the PatchKind
+    of each step."""
     P = p * p
     kinds = np.zeros(n, dtype=np.int8)
     if spec.known_mask is None:
@@ -136,7 +164,7 @@ def _known_tables(spec: TaskSpec, p: int, n: int):
         k, m = patch_known(spec, tyx, p)
         if m is not None:
             known[i, :P], mask[i, :P] = k, m
-            kinds[i] = 2 if m.all() else 1
+            kinds[i] = PatchKind.GIVEN if m.all() else PatchKind.PARTLY_KNOWN
     return known, mask, kinds
 
 
@@ -145,8 +173,9 @@ class Prepared:
     """Everything a run sets up before its patch loop (engine.prepare); benchmarks drive it directly."""
     sh: object                           # steps.Shared: pool, tables, static buffers
     step: object                         # steps.PagedStep | steps.StaticStep
-    rows: object                         # steps.GraphedStep: row(s) / prefill(), eager or replayed graphs
-    kinds: np.ndarray                    # [n] int8 per step: 2 given (prefill), 1 partly known, 0 free
+    rows: object                         # steps.GraphedStep: row(s, nb) / prefill(nb), eager or graphs
+    scheduler: Scheduler                 # the waves and their NCP cycle
+    kinds: np.ndarray                    # [n] int8 PatchKind per step
     known_mask: np.ndarray | None        # [n, P+1] bool
     n: int                               # steps to run (max_patches applied)
     attention: str
@@ -158,12 +187,16 @@ class Prepared:
 @torch.no_grad()
 def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, pool_dtype=None,
             attention: str | None = None, cuda_graphs: bool | None = None, compile_step: bool = False,
-            max_patches: int | None = None) -> Prepared:
-    """Check the arguments, plan, allocate every buffer and (on CUDA) capture the graphs."""
+            max_patches: int | None = None, schedule: str = "waves", max_lanes: int | None = None,
+            lane_buckets: bool | None = None) -> Prepared:
+    """Check the arguments, plan, allocate every buffer and (on CUDA) capture the graphs.
+    lane_buckets: round each group's lanes up to a bucket (bucket_sizes), padding the rest, as the
+    captured graphs need (default: with graphs only)."""
     from .sampling import Sampling
     from .steps import GraphedStep, PagedStep, Shared, StaticStep
 
     sampling = sampling or Sampling()
+    ncp.check_schedule(schedule, max_lanes)
     validate_spec(model, spec)
     dev = model.device
     extent = check_extent(model, spec.extent)
@@ -184,83 +217,91 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
     extent = grid_extent(extent, spec.grid)
 
     # host-side preparation: the only host -> device copies of the run
-    plan = ncp.plan(spec.order, extent, spec.grid)
+    Bt = spec.batch * (2 if sampling.guidance != 1.0 else 1)
+    if schedule == "waves" and max_lanes is None:
+        max_lanes = default_lanes(model, spec.order, extent, spec.grid, Bt,
+                                  ncp.default_pool_dtype(model.decoder.start.dtype, dev, pool_dtype))
+    plan = ncp.plan(spec.order, extent, spec.grid, schedule, max_lanes)
     known, kmask, kinds = _known_tables(spec, model.cfg.patch, n)
-    sh = Shared(model, spec, plan, extent, sampling, seed, backend, pool_dtype, known, kmask, n)
+    buckets = graphs if lane_buckets is None else bool(lane_buckets)
+    sh = Shared(model, spec, plan, extent, sampling, seed, backend, pool_dtype, known, kmask, n,
+                lanes=plan.max_lanes, spare_lane=buckets)
     step = PagedStep(sh) if attention == "paged" else StaticStep(sh, attention, compile_step=compile_step)
     rows = GraphedStep(step, graphs)
-    capture_s = rows.prepare(need_prefill=bool((kinds == 2).any()), need_decode=bool((kinds < 2).any()))
-    return Prepared(sh, step, rows, kinds, kmask, n, attention, backend, graphs, capture_s)
+    sched = Scheduler(sh, step, rows, plan, kinds, n, buckets=buckets)
+    capture_s = rows.prepare(prefill_buckets=sched.buckets("prefill"), decode_buckets=sched.buckets("decode"))
+    return Prepared(sh, step, rows, sched, kinds, kmask, n, attention, backend, graphs, capture_s)
 
 
 @torch.no_grad()
 def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progress: bool = False,
         pool_dtype=None, attention: str | None = None, cuda_graphs: bool | None = None,
         compile_step: bool = False, max_patches: int | None = None, sync_debug: str | None = None,
-        patch_times: bool = False, on_patch=None):
+        patch_times: bool = False, schedule: str = "waves", max_lanes: int | None = None, on_patch=None):
     """Generate the tokens of `spec`. Returns (tokens [B, T, Hg*p, Wg*p] int64, Stats).
 
+    schedule      "waves" (every patch whose context is complete at once) | "sequential" (one patch
+                  per step, the reference). Same tokens either way.
+    max_lanes     most patches decoded at once (waves); default: the widest wave that fits in half
+                  of the memory a pool may use.
     attention     "paged" | "gathered" | "sdpa" | "flex" (module docstring). Default: gathered for
                   the torch backend, paged otherwise.
-    cuda_graphs   capture the per-row decode step and the prefill once and replay them (default:
-                  True on CUDA; ignored on a CPU).
+    cuda_graphs   capture the per-row decode step and the prefill once per lane-count bucket and
+                  replay them (default: True on CUDA; ignored on a CPU).
     compile_step  run the per-row step (and the prefill) through torch.compile (default off: on a
                   CPU it does not pay, see docs/performance.md). Ignored for "paged".
     max_patches   stop after this many patches of the order (latency measurements on huge canvases);
                   tokens of the patches not reached stay 0. Shapes are those of the whole run.
     sync_debug    "warn" | "error": torch.cuda.set_sync_debug_mode during the patch loop (CUDA only),
                   to prove the loop never waits for the host.
-    patch_times   record the wall time of every patch in stats.extra["patch_seconds"] (CUDA events
-                  on a GPU, read after the loop).
-    on_patch      called as on_patch(i, n, tokens) after step i of n is written to `tokens` (the live
-                  output buffer [B, T, Hg*p, Wg*p]; patches not reached yet hold 0). Read it, do not
+    patch_times   record the wall time of every wave in stats.extra["wave_seconds"], and per patch of
+                  the order the time of the wave that produced it in stats.extra["patch_seconds"]
+                  (= the patch's own time when sequential); CUDA events on a GPU.
+    on_patch      called as on_patch(done, total, tokens, steps) after every wave: `done` patches of
+                  `total` are finished, `steps` are the order indices this wave wrote, `tokens` is the
+                  live output buffer [B, T, Hg*p, Wg*p] (patches not reached yet hold 0). Read it, do not
                   keep or modify it; reading it on a GPU waits for the device (a preview, not a default).
     """
     if sync_debug not in (None, "warn", "error"):
         raise ValueError(f"sync_debug must be None, 'warn' or 'error', got {sync_debug!r}")
     t0 = time.perf_counter()
     g = prepare(model, spec, seed, sampling, backend, pool_dtype, attention, cuda_graphs, compile_step,
-                max_patches)
-    sh, step, rows, kinds, n = g.sh, g.step, g.rows, g.kinds, g.n
+                max_patches, schedule, max_lanes)
+    sh, sched, kinds, n = g.sh, g.scheduler, g.kinds, g.n
     dev = model.device
     on_cuda = dev.type == "cuda"
-    p, P, B = model.cfg.patch, model.cfg.P, spec.batch
+    P, B = model.cfg.P, spec.batch
     T, Hg, Wg = spec.grid
 
-    stats = Stats(patches=n, tokens=T * Hg * Wg * P, backend=g.backend)
+    stats = Stats(patches=n, tokens=T * Hg * Wg * P, backend=g.backend, schedule=schedule,
+                  waves=len(sched.waves), mean_lanes=n / max(len(sched.waves), 1))
     free_rows = P - (g.known_mask[:, :P].sum(1) if g.known_mask is not None else np.zeros(n, dtype=np.int64))
-    stats.generated_tokens = int(B * free_rows[kinds < 2].sum())
+    stats.generated_tokens = int(B * free_rows[kinds != PatchKind.GIVEN].sum())
 
     events = []
-    loop = range(n)
+    bar = None
     if progress:
         from tqdm import tqdm
-        loop = tqdm(loop, desc="patches", unit="patch")
-    debug = (_sync_debug(sync_debug) if on_cuda and sync_debug else contextlib.nullcontext())
-    with debug:
-        for i in loop:
-            if patch_times:
-                events.append(_mark(on_cuda))
-            t, y, x = spec.order[i]
-            with nvtx.range(f"patch {i} ({t},{y},{x})"):
-                with nvtx.range("select+add+gather"):
-                    step.begin_patch(i)
-                if kinds[i] == 2:
-                    with nvtx.range("prefill"):
-                        rows.prefill()
-                else:
-                    with nvtx.range("decode"):
-                        for s in range(P + 1):
-                            with nvtx.range(f"row {s}"):
-                                rows.row(s)
-                with nvtx.range("write-back+remove"):
-                    step.end_patch(i)
-                    sh.out[:, t, y * p:(y + 1) * p, x * p:(x + 1) * p] = sh.buf[:B, :P].view(B, p, p)
-                    sh.pool.remove(sh.freed[i])
-            if on_patch is not None:
-                on_patch(i, n, sh.out)
+        bar = tqdm(total=n, desc="patches", unit="patch")
+    done = [0]
+
+    def on_wave(steps):
+        k = len(steps)
+        done[0] += k
         if patch_times:
             events.append(_mark(on_cuda))
+        if bar is not None:
+            bar.update(k)
+        if on_patch is not None:
+            on_patch(done[0], n, sh.out, steps)
+
+    debug = (_sync_debug(sync_debug) if on_cuda and sync_debug else contextlib.nullcontext())
+    with debug:
+        if patch_times:
+            events.append(_mark(on_cuda))
+        sched.run(on_wave)
+    if bar is not None:
+        bar.close()
     if on_cuda:
         torch.cuda.synchronize(dev)
     stats.seconds = time.perf_counter() - t0
@@ -268,10 +309,12 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
     stats.pool_bytes = sh.pool.nbytes
     stats.extra.update(pages_left=sh.pool.in_use(), plan_peak_pages=sh.plan.peak_pages, attention=g.attention,
                        cuda_graphs=g.graphs, compiled=bool(compile_step and g.attention != "paged"),
-                       staging_bytes=step.staging_bytes, capture_seconds=g.capture_seconds,
-                       patches_total=len(spec.order))
+                       staging_bytes=g.step.staging_bytes, capture_seconds=g.capture_seconds,
+                       patches_total=len(spec.order), max_lanes=sh.K)
     if patch_times:
-        stats.extra["patch_seconds"] = _elapsed(events, on_cuda)
+        stats.extra["wave_seconds"] = per_wave = _elapsed(events, on_cuda)
+        per_step = {i: t for groups, t in zip(sched.waves, per_wave) for g in groups for i in g.steps}
+        stats.extra["patch_seconds"] = [per_step[i] for i in sorted(per_step)]   # of the wave that made it
     return sh.out, stats
 
 

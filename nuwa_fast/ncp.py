@@ -1,8 +1,13 @@
 """Nearby Context Pool: the host-side plan and the device-side paged pool.
 
-plan(order, extent) answers, ahead of time and on the host, which context patch fills each slot of
-each step, which pages can be freed after each step, and how many pages are ever live at once
-(peak_pages). The PagePool holds the pages on the device and runs select/add/remove through the
+plan(order, extent, grid, schedule) answers, ahead of time and on the host, which context patch
+fills each slot of each step, which steps run together (the waves), which pages can be freed after
+each wave, and how many pages are ever live at once (peak_pages).
+
+Waves: wave(i) = 1 + max(wave(j) for j in select(i)), 1 when the selection is empty. Every patch of a
+wave has its whole selection finished in earlier waves, so the patches of a wave can be decoded
+together and each still sees exactly its sequential context. "sequential" puts one step per wave
+(the reference schedule). max_lanes splits a wave wider than that into consecutive waves. The PagePool holds the pages on the device and runs select/add/remove through the
 ops registry, so the patch loop never waits for the host.
 """
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from . import adc, ops
+from .errors import human_bytes
 
 
 @dataclass
@@ -20,8 +26,22 @@ class Plan:
     grid: tuple                      # (T, H, W)
     extent: tuple                    # (e_t, e_h, e_w)
     slots: list                      # per step: [C] linear patch id of the context at each slot, -1 empty
-    freed: list                      # per step: linear patch ids whose pages are freed after the step
-    live: list                       # per step: pages in use during the step (own page included)
+    freed: list                      # per wave: linear patch ids whose pages are freed after the wave
+    live: list                       # per wave: pages in use during the wave (own pages included)
+    waves: list = None               # [[step]] the steps of each wave, ascending; sequential: [[0], [1], ...]
+    schedule: str = "sequential"
+
+    def __post_init__(self):
+        if self.waves is None:
+            self.waves = [[i] for i in range(len(self.order))]
+
+    @property
+    def max_lanes(self) -> int:
+        return max((len(w) for w in self.waves), default=0)
+
+    @property
+    def mean_lanes(self) -> float:
+        return len(self.order) / len(self.waves) if self.waves else 0.0
 
     @property
     def peak_pages(self) -> int:
@@ -37,8 +57,30 @@ def linear(tyx, grid) -> int:
     return (t * grid[1] + y) * grid[2] + x
 
 
-def plan(order, extent, grid=None) -> Plan:
-    """Context slots, frees and live pages of each step of `order` under NCP `extent`."""
+SCHEDULES = ("waves", "sequential")
+
+
+def check_schedule(schedule, max_lanes=None):
+    """Raise a ValueError naming the choices for an unknown schedule or a lane cap below 1."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if max_lanes is not None and (isinstance(max_lanes, bool) or not isinstance(max_lanes, int)
+                                  or max_lanes < 1):
+        raise ValueError(f"max_lanes must be a whole number >= 1 (lanes decoded at once) or None "
+                         f"(as many as memory allows), got {max_lanes!r}")
+
+
+def wave_numbers(slots, step_of_linear) -> list:
+    """wave(i) = 1 + max wave over the steps i selects (1 for an empty selection), per step."""
+    wave = []
+    for row in slots:
+        wave.append(1 + max((wave[step_of_linear[j]] for j in row if j >= 0), default=0))
+    return wave
+
+
+def plan(order, extent, grid=None, schedule: str = "sequential", max_lanes: int | None = None) -> Plan:
+    """Context slots per step, and the waves, frees and live pages of `schedule`, under NCP `extent`."""
+    check_schedule(schedule, max_lanes)
     order = [tuple(int(v) for v in p) for p in order]
     if grid is None:
         grid = tuple(max(p[i] for p in order) + 1 for i in range(3))
@@ -47,26 +89,47 @@ def plan(order, extent, grid=None) -> Plan:
         raise ValueError("order must visit every patch of the grid exactly once")
     offs = adc.offsets(extent)
     step_of = {p: i for i, p in enumerate(order)}
-    slots, last_use = [], {}
+    slots = []
+    order_of_linear = {linear(p, grid): p for p in order}
     for i, (t, y, x) in enumerate(order):
         row = []
         for dt, dy, dx in offs:
             j = (t + dt, y + dy, x + dx)
             if j in step_of and step_of[j] < i:
                 row.append(linear(j, grid))
-                last_use[j] = i
             else:
                 row.append(-1)
         slots.append(row)
-    freed = [[] for _ in order]
-    for j in order:
-        freed[last_use.get(j, step_of[j])].append(linear(j, grid))
+    if schedule == "sequential":
+        waves = [[i] for i in range(len(order))]
+    else:
+        step_lin = {lin: step_of[p] for lin, p in order_of_linear.items()}
+        by_wave: dict = {}
+        for i, w in enumerate(wave_numbers(slots, step_lin)):
+            by_wave.setdefault(w, []).append(i)
+        cap = max_lanes or len(order) or 1
+        waves = [steps[a:a + cap] for w in sorted(by_wave) for steps in [by_wave[w]]
+                 for a in range(0, len(steps), cap)]
+    wave_of = [0] * len(order)
+    for w, steps in enumerate(waves):
+        for i in steps:
+            wave_of[i] = w
+    last_wave = {j: wave_of[step_of[j]] for j in order}
+    for i, row in enumerate(slots):           # a later step may run in an earlier wave: take the max
+        for lin in row:
+            if lin >= 0:
+                j = order_of_linear[lin]
+                last_wave[j] = max(last_wave[j], wave_of[i])
+    freed = [[] for _ in waves]
+    for j in order:               # after the last wave that selects j (its own wave if none does)
+        freed[last_wave[j]].append(linear(j, grid))
     live, n = [], 0
-    for i in range(len(order)):
-        n += 1
+    for w, steps in enumerate(waves):
+        n += len(steps)
         live.append(n)
-        n -= len(freed[i])
-    return Plan(order=order, grid=tuple(grid), extent=tuple(extent), slots=slots, freed=freed, live=live)
+        n -= len(freed[w])
+    return Plan(order=order, grid=tuple(grid), extent=tuple(extent), slots=slots, freed=freed, live=live,
+                waves=waves, schedule=schedule)
 
 
 class PoolTooLarge(MemoryError):
@@ -90,15 +153,32 @@ def available_bytes(device) -> int:
                         avail = int(line.split()[1]) * 1024
         except OSError:
             pass
-    return min(avail, int(cap)) if cap else avail
+    return min(avail, env_bytes("NUWA_FAST_MAX_POOL_BYTES", cap)) if cap else avail
+
+
+def env_bytes(name: str, value: str) -> int:
+    from .errors import BadArgument
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise BadArgument(f"environment variable {name}={value!r} must be a whole number of bytes "
+                          f"(e.g. {name}=8000000000), or unset it")
+    return n
 
 
 def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
+    return human_bytes(n)
+
+
+def default_pool_dtype(model_dtype, device, requested=None):
+    """The page pool's dtype: `requested` when given (e.g. torch.float32 for fp32 pages), else bf16 on a
+    GPU (every decode row reads its context pages: bf16 halves those bytes against an fp32 model) and
+    the model's dtype on a CPU (the torch reference path)."""
+    if requested is not None:
+        return requested
+    return torch.bfloat16 if torch.device(device).type == "cuda" else model_dtype
 
 
 def check_pool_fits(n_pages, batch, layers, heads, P, head_dim, dtype, device) -> int:
@@ -125,12 +205,16 @@ class PagePool:
     free_stack [G + 1] with free_top [1] (a stack of free logical pages; last entry scratch).
     """
 
-    def __init__(self, n_pages, batch, layers, heads, P, head_dim, n_patches, dtype, device, backend=None):
+    def __init__(self, n_pages, batch, layers, heads, P, head_dim, n_patches, dtype, device, backend=None,
+                 spare: int = 0):
+        """spare: physical pages past the G * B of the pool, never on the free list (the own pages of
+        the padding lanes of a bucketed wave: written, never read by a real lane)."""
         self.G, self.B = int(n_pages), int(batch)
         self.backend = backend
         self.device = torch.device(device)
-        check_pool_fits(self.G, self.B, layers, heads, P, head_dim, dtype, device)
-        self.pages = torch.empty(self.G * self.B, layers, 2, heads, P, head_dim, dtype=dtype, device=device)
+        check_pool_fits(self.G + -(-int(spare) // self.B), self.B, layers, heads, P, head_dim, dtype, device)
+        self.pages = torch.empty(self.G * self.B + int(spare), layers, 2, heads, P, head_dim, dtype=dtype,
+                                 device=device)
         self.page_index = torch.full((n_patches + 1,), -1, dtype=torch.int32, device=device)
         self.free_stack = torch.zeros(self.G + 1, dtype=torch.int32, device=device)
         self.free_stack[: self.G] = torch.arange(self.G - 1, -1, -1, dtype=torch.int32, device=device)

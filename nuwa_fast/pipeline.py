@@ -177,7 +177,7 @@ class Pipeline:
             if bar is None:
                 from tqdm.auto import tqdm
                 bar = tqdm(total=event.total, **{"desc": "patches", "unit": "patch", **self._progress})
-            bar.update(1)
+            bar.update(event.done - bar.n)
             if on_patch is not None:
                 on_patch(event)
         try:

@@ -92,4 +92,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nuwa_fast.errors import run_command
+    raise SystemExit(run_command(main, None))

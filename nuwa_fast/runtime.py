@@ -40,30 +40,14 @@ def busy_hint(threads: int, loadavg=None) -> str | None:
 
 
 def backend_report() -> dict:
-    """{backend: "available" | why it is absent} for the ops registry's three backends."""
+    """{backend: "available" | "absent: why"}: the ops registry's backends and the reasons it recorded."""
     from . import ops
-    have = set(ops.available_backends())
-    out = {"torch": "available (reference, fp32 accumulation)"}
-    if "triton" in have:
-        out["triton"] = "available" + (" (interpreter: TRITON_INTERPRET=1)" if not torch.cuda.is_available() else "")
-    else:
-        try:
-            import triton  # noqa: F401
-            out["triton"] = ("absent: no CUDA device (TRITON_INTERPRET=1 runs the kernels in the interpreter, "
-                             "slowly)" if not torch.cuda.is_available() else "absent: the Triton kernels did not load")
-        except ImportError:
-            out["triton"] = "absent: triton is not installed (pip install 'nuwa-fast[triton]')"
-    if "cuda" in have:
-        out["cuda"] = "available"
-    elif not torch.cuda.is_available():
-        out["cuda"] = "absent: no CUDA device (torch.cuda.is_available() is False)"
-    else:
-        try:
-            from . import _C  # noqa: F401
-            out["cuda"] = "absent: nuwa_fast._C is built but did not register"
-        except ImportError:
-            out["cuda"] = ("absent: the csrc module nuwa_fast._C is not built (reinstall with nvcc on the PATH; "
-                           "NUWA_FAST_CUDA=1 makes a failed build an error)")
+    out = {b: "available" for b in ops.available_backends()}
+    if "torch" in out:
+        out["torch"] = "available (reference, fp32 accumulation)"
+    if "triton" in out and not torch.cuda.is_available():
+        out["triton"] = "available (interpreter: TRITON_INTERPRET=1)"
+    out.update({b: f"absent: {why}" for b, why in ops.absent_backends().items()})
     return out
 
 
@@ -87,12 +71,13 @@ class PreviewWriter:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"--preview must be a whole number of patches >= 1, got {every!r}")
         root, _ = os.path.splitext(out_path)
-        self.path, self.every, self.writes = f"{root}.preview.png", every, 0
+        self.path, self.every, self.writes, self.last = f"{root}.preview.png", every, 0, 0
 
     def __call__(self, event) -> None:
-        done = event.index + 1
-        if done % self.every and done != event.total:
+        # a wave finishes several patches: write when it crosses a multiple of `every`, and at the end
+        if event.done // self.every == self.last // self.every and event.done != event.total:
             return
+        self.last = event.done
         d, name = os.path.split(os.path.abspath(self.path))
         os.makedirs(d, exist_ok=True)
         tmp = os.path.join(d, f".{name}.tmp{os.getpid()}.png")

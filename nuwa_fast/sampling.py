@@ -13,6 +13,22 @@ from dataclasses import dataclass
 import torch
 
 _M32 = 0xFFFFFFFF
+SEED_LIMIT = 1 << 64
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed is a whole number in [0, 2**64); every one gives its own random stream."""
+    import numbers
+    from .errors import BadArgument
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        if isinstance(seed, float) and seed.is_integer():
+            seed = int(seed)
+        else:
+            raise BadArgument(f"{name} must be a whole number in [0, 2**64), got {seed!r}")
+    seed = int(seed)
+    if not 0 <= seed < SEED_LIMIT:
+        raise BadArgument(f"{name} must be in [0, 2**64) (= 0 .. 18446744073709551615), got {seed}")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -61,13 +77,21 @@ def _vocab_hash(vocab: int, dev) -> torch.Tensor:
 
 
 def uniform(seed: int, sample_ids, step, row, vocab: int):
-    """U(0, 1) noise [B, vocab], a pure function of (seed, sample id, step, row, token id)."""
+    """U(0, 1) noise [B, vocab], a pure function of (seed, sample id, step, row, token id).
+
+    The seed's high 32 bits feed a second key, mixed in only when they are non-zero: seeds below
+    2**32 keep the streams they always had, and 2**32 + s is not s.
+    """
     dev = sample_ids.device
-    key = _fmix32(torch.full_like(sample_ids, int(seed) & _M32) ^ 0x9E3779B9)
+    seed = int(seed)
+    key = _fmix32(torch.full_like(sample_ids, seed & _M32) ^ 0x9E3779B9)
     key = _fmix32(key ^ _fmix32(sample_ids.long() + 0x632BE5AB))
     key = _fmix32(key ^ _fmix32(torch.as_tensor(step, device=dev).long() + 0x85157AF5))
     key = _fmix32(key ^ _fmix32(torch.as_tensor(row, device=dev).long() + 0x4CF5AD43))   # [B]
     h = _fmix32(key[:, None] ^ _vocab_hash(vocab, dev)[None, :])                             # [B, V]
+    if seed >> 32:
+        hi = _fmix32(torch.full_like(sample_ids, (seed >> 32) & _M32) ^ 0x7F4A7C15)          # [B]
+        h = _fmix32(h ^ _fmix32(hi[:, None] + _vocab_hash(vocab, dev)[None, :]))            # [B, V]
     return ((h >> 8).double() + 0.5) / float(1 << 24)
 
 

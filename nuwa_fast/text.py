@@ -212,7 +212,8 @@ class MiniLMTextEncoder(nn.Module):
         self.cfg = cfg
         key = (minilm_path(), cfg.max_len)
         if key not in _FROZEN:
-            _FROZEN[key] = FrozenSentenceEncoder(*key)
+            with torch.device("cpu"):          # frozen weights are real even when the model is built on meta
+                _FROZEN[key] = FrozenSentenceEncoder(*key)
         self.frozen = _FROZEN[key]
         self.norm = nn.LayerNorm(self.frozen.hidden_size)
         self.proj = nn.Linear(self.frozen.hidden_size, out_width)

@@ -4,7 +4,8 @@ Without a CUDA device the Triton kernels run in the interpreter: TRITON_INTERPRE
 any @triton.jit decorator runs, i.e. before anything imports nuwa_fast.kernels, so it is set here, at
 conftest import time. The repository root goes on sys.path so `import nuwa_fast` works without an
 install; `nuwa_fast.kernels` (the top-level kernels/ folder, mapped by setup.py's package_dir) is then
-reachable by adding the root to nuwa_fast's package path.
+reachable by adding the root to nuwa_fast's package path. On a GPU the Triton patch attention runs one
+fixed config per launch (NUWA_FAST_TRITON_AUTOTUNE=0): the benchmarks autotune, the tests check.
 """
 import importlib.util
 import os
@@ -17,6 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:   # correctness over many shapes: one fixed Triton config per launch, no autotune compiles
+    os.environ.setdefault("NUWA_FAST_TRITON_AUTOTUNE", "0")
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

@@ -45,34 +45,37 @@ def test_generate_video_outpaint_animate(ckpt, tmp_path):
     assert (tmp_path / "v_0.gif").exists() and (tmp_path / "v_1.gif").exists()
 
 
-@pytest.mark.parametrize("args,match", [
-    (["generate", "--width", "0"], "width must be between"),
-    (["generate", "--height", "-5"], "height must be between"),
-    (["generate", "--width", "abc"], "--width must be a whole number"),
-    (["generate", "--width", "nan"], "--width must be a whole number"),
-    (["generate", "--order", "spiral"], "unknown order"),
-    (["generate", "--extent", "0,9,9"], "larger than the extent"),
-    (["generate", "--extent", "1,2"], "three values"),
-    (["generate", "--backend", "fortran"], "not available"),
-    (["generate", "--top-p", "0"], "top_p"),
-    (["generate", "-c", "/no/such.safetensors"], "neither an existing checkpoint"),
-    (["outpaint", "/no/such.png", "--right", "8"], "does not exist"),
-    (["generate", "-o", "out.txt"], "cannot save"),
+@pytest.mark.parametrize("args,match,code", [
+    (["generate", "--width", "0"], "width must be between", 2),
+    (["generate", "--height", "-5"], "height must be between", 2),
+    (["generate", "--width", "abc"], "--width must be a whole number", 2),
+    (["generate", "--width", "nan"], "--width must be a whole number", 2),
+    (["generate", "--order", "spiral"], "unknown order", 2),
+    (["generate", "--extent", "0,9,9"], "larger than the extent", 2),
+    (["generate", "--extent", "1,2"], "three values", 2),
+    (["generate", "--backend", "fortran"], "not available", 2),
+    (["generate", "--top-p", "0"], "top_p", 2),
+    (["generate", "-c", "/no/such.safetensors"], "neither an existing checkpoint", 3),
+    (["outpaint", "/no/such.png", "--right", "8"], "does not exist", 3),
+    (["generate", "-o", "out.txt"], "cannot save", 2),
+    (["generate", "--schedule", "fast"], "invalid choice: 'fast'", 2),
+    (["generate", "--max-lanes", "0"], "max_lanes must be a whole number >= 1", 2),
 ])
-def test_bad_arguments(ckpt, tmp_path, args, match, capsys):
-    """In-process (argparse errors exit 2 through SystemExit, the rest return 2)."""
+def test_bad_arguments(ckpt, tmp_path, args, match, code, capsys):
+    """In-process (argparse errors exit 2 through SystemExit, the rest return 2; a bad file 3)."""
     from nuwa_fast.cli import main
     out = tmp_path / "never.png"
     if "-o" not in args:
         args = args + ["-o", str(out)]
     if "-c" not in args:
         args = args + ["-c", ckpt]
+    want = code
     try:
         code = main(args)
     except SystemExit as e:
         code = e.code
     err = capsys.readouterr().err
-    assert code == 2, (code, err)
+    assert code == want, (code, err)
     assert match in err, err
     assert "Traceback" not in err
     assert not out.exists()

@@ -163,11 +163,14 @@ def test_cuda_graphs_equal_eager_and_oracle(mode):
     from nuwa_fast import ops
     m = _gpu_model()
     backends = ops.available_backends() if mode == "paged" else ["torch"]
+    fp32 = dict(pool_dtype=torch.float32)      # the oracle's precision (the GPU pool defaults to bf16)
     for spec, smp in _specs(m):
         ref, _ = oracle.run(m, spec, seed=3, sampling=smp)
         for backend in backends:
-            a, sa = engine.run(m, spec, seed=3, sampling=smp, attention=mode, backend=backend, cuda_graphs=True)
-            b, _ = engine.run(m, spec, seed=3, sampling=smp, attention=mode, backend=backend, cuda_graphs=False)
+            a, sa = engine.run(m, spec, seed=3, sampling=smp, attention=mode, backend=backend, cuda_graphs=True,
+                               **fp32)
+            b, _ = engine.run(m, spec, seed=3, sampling=smp, attention=mode, backend=backend, cuda_graphs=False,
+                              **fp32)
             assert sa.extra["cuda_graphs"] is True
             assert torch.equal(a, b), (backend, spec.order[:2])
             assert torch.equal(a, ref), (backend, spec.order[:2])

@@ -84,3 +84,13 @@ def test_adc_gather():
     assert out.shape == (2, 3, 3)
     assert out[0, :, 0].tolist() == bias[0].tolist() and out[1, :, 2].tolist() == bias[2].tolist()
     assert torch.isinf(out[0, :, 1]).all() and torch.isinf(out[1, :, :2]).all()
+
+
+def test_pool_dtype_defaults_to_bf16_on_gpu():
+    """The GPU pool holds bf16 pages unless fp32 is asked for; a CPU pool keeps the model's dtype."""
+    from nuwa_fast.ncp import default_pool_dtype
+    assert default_pool_dtype(torch.float32, "cuda") == torch.bfloat16
+    assert default_pool_dtype(torch.float32, torch.device("cuda", 0)) == torch.bfloat16
+    assert default_pool_dtype(torch.float32, "cuda", torch.float32) == torch.float32
+    assert default_pool_dtype(torch.float32, "cpu") == torch.float32
+    assert default_pool_dtype(torch.bfloat16, "cpu") == torch.bfloat16

@@ -108,9 +108,11 @@ def test_progress_bar_on_by_default_and_disabled(model, capsys):
 
 def test_on_patch_sees_the_canvas_grow(pipe):
     events = []
-    out = pipe("a lake", height=13, width=30, seed=5, on_patch=lambda e: events.append((e.index, e.total,
+    out = pipe("a lake", height=13, width=30, seed=5, on_patch=lambda e: events.append((e.done, e.total,
                                                                                        e.patch, e.pixels())))
-    assert [e[0] for e in events] == list(range(out.stats.patches)) and events[0][1] == out.stats.patches
+    dones = [e[0] for e in events]                                     # one event per wave
+    assert len(events) == out.stats.waves and dones[-1] == out.stats.patches == events[0][1]
+    assert dones == sorted(set(dones)) and dones[0] >= 1
     assert events[-1][3].shape == (13, 30, 3)
     np.testing.assert_array_equal(events[-1][3], np.asarray(out.images[0]))    # the last one is the result
     assert not np.array_equal(events[0][3], events[-1][3])

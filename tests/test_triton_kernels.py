@@ -138,6 +138,36 @@ def test_split_matches_one_pass(device):
         torch.testing.assert_close(split, one, atol=1e-5, rtol=1e-5)
 
 
+def down_table(case, filled=12):
+    """The "down" order's context at extent (0, 2, 2): of the 25 slots only the first 12 (rows above,
+    left in this row) are ever filled, the other 13 stay -1."""
+    pt = case["page_table"].clone()
+    pt[:, filled:] = -1
+    return dict(case, page_table=pt)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("splits", [3, 7, 40])
+def test_flat_key_split_down_table(splits, dtype, device):
+    """Splits over the flat range of valid keys: ranges cut through pages (P = 9 is no multiple of
+    BLOCK_N), more splits than valid pages, and splits past the last key (S = 40) all agree with the
+    reference under the tolerance rule."""
+    case = down_table(make_case(2, 2, 16, 9, 25, 1, 5, empty=0.0, dtype=dtype, device=device))
+    check_attention(case, num_splits=splits)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_pool_fp32_model(device):
+    """The GPU default: an fp32 model over a bf16 pool. The engine casts q and the null key/value to
+    the pool dtype, as here; error against fp32 math within the tolerance rule, split and not."""
+    case32 = down_table(make_case(2, 2, 32, 16, 25, 1, 9, empty=0.0, device=device))
+    case = {n: (x.to(torch.bfloat16) if torch.is_tensor(x) and x.is_floating_point() and n != "bias" else x)
+            for n, x in case32.items()}
+    for splits in (1, 4):
+        check_attention(case, num_splits=splits)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_registry_dispatch(device):
     from nuwa_fast import ops

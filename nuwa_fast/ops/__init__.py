@@ -7,18 +7,30 @@
 
 Backend choice: the `backend` argument, then the NUWA_FAST_BACKEND environment variable, then the
 device default (CUDA tensors: cuda, else triton, else torch; CPU tensors: torch). A backend whose
-dependencies are missing (no GPU, no Triton, no compiled csrc module) is simply absent.
+dependencies are missing (no GPU, no Triton, no compiled csrc module) is absent, and
+`absent_backends()` says why (`nuwa-fast info` prints it).
 The signatures, shapes and layouts are documented in `nuwa_fast.ops.reference`.
+
+patch_attention and adc_gather are registered torch ops (`torch.ops.nuwa_fast.*`, custom_op with a
+fake impl), so torch.compile(fullgraph=True) traces the paged decode step through them; the backend
+is an argument of the op, resolved before the call.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
+from pathlib import Path
+
+import torch
 
 from . import reference
 
 OPS = ("patch_attention", "adc_gather", "ncp_select", "ncp_add", "ncp_remove")
 _REGISTRY: dict[str, dict[str, object]] = {op: {} for op in OPS}
 _LOADED = False
+_ABSENT: dict[str, str] = {}          # backend -> why it is not registered
 
 
 def register(backend: str, op: str, fn) -> None:
@@ -27,31 +39,79 @@ def register(backend: str, op: str, fn) -> None:
     _REGISTRY[op][backend] = fn
 
 
-for _op in OPS:
-    register("torch", _op, getattr(reference, _op))
+def register_backend(backend: str, module) -> list[str]:
+    """Register every op that `module` defines (functions named as in OPS, the signatures of
+    nuwa_fast.ops.reference) as backend `backend`; returns the ops registered. A backend the engine
+    can run needs all of OPS."""
+    done = [op for op in OPS if callable(getattr(module, op, None))]
+    for op in done:
+        register(backend, op, getattr(module, op))
+    return done
+
+
+register_backend("torch", reference)
+
+
+
+def _import_kernels():
+    """`nuwa_fast.kernels`: the installed package (setup.py maps kernels/ to it), else the source tree's
+    kernels/ beside nuwa_fast/, so a checkout on PYTHONPATH gets the triton backend without an install."""
+    try:
+        return importlib.import_module("nuwa_fast.kernels")
+    except ModuleNotFoundError as e:
+        if e.name != "nuwa_fast.kernels":
+            raise
+    init = Path(__file__).resolve().parents[2] / "kernels" / "__init__.py"
+    if not init.is_file():
+        raise ModuleNotFoundError(f"nuwa_fast.kernels is not installed and {init} does not exist")
+    spec = importlib.util.spec_from_file_location("nuwa_fast.kernels", init,
+                                                  submodule_search_locations=[str(init.parent)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["nuwa_fast.kernels"] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules["nuwa_fast.kernels"]
+        raise
+    return mod
+
+
+def _register_triton():
+    _import_kernels().register_triton_backend(register)
+
+
+def _register_cuda():
+    from nuwa_fast import _cuda_backend
+    _cuda_backend.register_cuda_backend(register)
 
 
 def _load_optional_backends() -> None:
-    """Register triton/cuda backends if their dependencies are present. Never raises."""
+    """Register triton/cuda backends if their dependencies are present; record why one is not."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    try:
-        from nuwa_fast.kernels import register_triton_backend
-        register_triton_backend(register)
-    except Exception:  # Triton missing, no driver and no interpreter: backend absent
-        pass
-    try:
-        from nuwa_fast import _cuda_backend
-        _cuda_backend.register_cuda_backend(register)
-    except Exception:  # csrc module not built or no GPU: backend absent
-        pass
+    for name, load in (("triton", _register_triton), ("cuda", _register_cuda)):
+        try:
+            load()
+        except (ImportError, RuntimeError, OSError, AttributeError) as e:
+            # ImportError: Triton / the csrc module / a GPU is missing; RuntimeError, OSError: a driver
+            # or a shared library that does not load; AttributeError: a stale _C without a launcher
+            _ABSENT[name] = f"{type(e).__name__}: {e}"
+            for op in OPS:
+                _REGISTRY[op].pop(name, None)
+
+
+def absent_backends() -> dict[str, str]:
+    """Backends that did not load, each with the reason (the exception that stopped it)."""
+    _load_optional_backends()
+    return dict(_ABSENT)
 
 
 def available_backends(op: str = "patch_attention") -> list[str]:
     _load_optional_backends()
-    return sorted(_REGISTRY[op], key=["torch", "triton", "cuda"].index)
+    known = ["torch", "triton", "cuda"]
+    return sorted(_REGISTRY[op], key=lambda b: (known.index(b) if b in known else len(known), b))
 
 
 def resolve_backend(backend: str | None, device=None, op: str = "patch_attention") -> str:
@@ -86,8 +146,43 @@ def _dispatch(op):
     return fn
 
 
-patch_attention = _dispatch("patch_attention")
-adc_gather = _dispatch("adc_gather")
+@torch.library.custom_op("nuwa_fast::patch_attention", mutates_args=())
+def _patch_attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
+                        own_page: torch.Tensor, q_start: int, bias: torch.Tensor, own_rel: int,
+                        null_k: torch.Tensor, null_v: torch.Tensor, scale: float, backend: str) -> torch.Tensor:
+    out = _REGISTRY["patch_attention"][backend](q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel,
+                                                null_k, null_v, scale)
+    return out.clone() if out is q else out
+
+
+@_patch_attention_op.register_fake
+def _(q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel, null_k, null_v, scale, backend):
+    return torch.empty_like(q)                                                 # [B, H, M, D], dtype of q
+
+
+@torch.library.custom_op("nuwa_fast::adc_gather", mutates_args=())
+def _adc_gather_op(bias: torch.Tensor, page_table: torch.Tensor, backend: str) -> torch.Tensor:
+    return _REGISTRY["adc_gather"][backend](bias, page_table)
+
+
+@_adc_gather_op.register_fake
+def _(bias, page_table, backend):
+    return bias.new_empty(page_table.shape[0], bias.shape[1], page_table.shape[1], dtype=torch.float32)
+
+
+def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel, null_k, null_v, scale,
+                    backend: str | None = None):
+    return torch.ops.nuwa_fast.patch_attention(q, k_cache, v_cache, page_table, own_page, int(q_start), bias,
+                                               int(own_rel), null_k, null_v, float(scale),
+                                               resolve_backend(backend, q.device, "patch_attention"))
+
+
+def adc_gather(bias, page_table, backend: str | None = None):
+    return torch.ops.nuwa_fast.adc_gather(bias, page_table, resolve_backend(backend, bias.device, "adc_gather"))
+
+
+patch_attention.__doc__ = reference.patch_attention.__doc__
+adc_gather.__doc__ = reference.adc_gather.__doc__
 ncp_select = _dispatch("ncp_select")
 ncp_add = _dispatch("ncp_add")
 ncp_remove = _dispatch("ncp_remove")

@@ -7,6 +7,8 @@
     nuwa-fast eval runs/nuwa/last.safetensors --json eval.json
 
 A killed run continues where its last checkpoint left off with the same command plus --resume.
+Every argument, the output folder and the input files are checked before any work; exit codes as
+`nuwa-fast` (nuwa_fast.errors): 2 bad argument, 3 bad file, 4 does not fit, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -17,29 +19,66 @@ import sys
 from .options import TrainOptions
 
 
+def _count(name, minimum=1):
+    def parse(v):
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {v!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {n}")
+        return n
+    return parse
+
+
+def _positive_float(name):
+    def parse(v):
+        import math
+        try:
+            x = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {v!r}") from None
+        if not math.isfinite(x) or x <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {v!r}")
+        return x
+    return parse
+
+
+def _hxw(name, what="pixels"):
+    def parse(v):
+        try:
+            h, w = (int(x) for x in v.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be HxW in {what}, e.g. 4x3, got {v!r}") from None
+        if h < 1 or w < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be HxW with H, W >= 1, got {v!r}")
+        return h, w
+    return parse
+
+
 def _chains(v):
     out = []
     for part in v.split(","):
         try:
             h, w, *wt = part.split("x")
-            out.append((int(h), int(w), float(wt[0]) if wt else 1.0))
+            c = (int(h), int(w), float(wt[0]) if wt else 1.0)
+            if len(wt) > 1 or c[0] < 1 or c[1] < 1 or not c[2] > 0:
+                raise ValueError
+            out.append(c)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--chains: expected HxW[xweight],... (patches), got {v!r}") from None
+            raise argparse.ArgumentTypeError(f"--chains: expected HxW[xweight],... (patches >= 1, weight > 0), "
+                                             f"got {v!r}") from None
     return tuple(out)
 
 
 def _sizes(v):
     try:
-        return tuple(int(x) for x in v.split(","))
+        sizes = tuple(int(x) for x in v.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes: expected comma-separated pixel sizes, got {v!r}") from None
-
-
-def _extent(v):
-    e = tuple(int(x) for x in v.split(","))
-    if len(e) != 3:
-        raise argparse.ArgumentTypeError("--extent must be e_t,e_h,e_w")
-    return e
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--sizes: expected comma-separated pixel sizes >= 1, got {v!r}")
+    return sizes
 
 
 DATA_HELP = """\
@@ -76,19 +115,20 @@ def build_parser(prog="nuwa-fast train"):
     ap.add_argument("--preset", default="tiny", help="config preset (nuwa_fast.config.PRESETS)")
     d = TrainOptions()
     ap.add_argument("--data", default=d.data, help="source mix, e.g. landscape:0.85,skimage:0.15")
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--batch", type=int, default=d.batch, help="per process")
+    ap.add_argument("--steps", type=_count("--steps"), default=d.steps)
+    ap.add_argument("--batch", type=_count("--batch"), default=d.batch, help="per process")
     ap.add_argument("--out", default=d.out)
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.* if present")
-    ap.add_argument("--stop-at", type=int, default=0, help="stop (and save) after this step; resume later")
-    ap.add_argument("--lr", type=float, default=None, help="peak LR (default: 2e-3 vq, 1e-3 nuwa)")
-    ap.add_argument("--warmup", type=int, default=d.warmup)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--save-every", type=int, default=d.save_every)
-    ap.add_argument("--log-every", type=int, default=d.log_every)
-    ap.add_argument("--eval-every", type=int, default=d.eval_every)
+    ap.add_argument("--stop-at", type=_count("--stop-at", 0), default=0, help="stop (and save) after this step; resume later")
+    ap.add_argument("--lr", type=_positive_float("--lr"), default=None, help="peak LR (default: 2e-3 vq, 1e-3 nuwa)")
+    ap.add_argument("--warmup", type=_count("--warmup", 0), default=d.warmup)
+    ap.add_argument("--seed", type=_count("--seed", 0), default=d.seed)
+    ap.add_argument("--save-every", type=_count("--save-every"), default=d.save_every)
+    ap.add_argument("--log-every", type=_count("--log-every"), default=d.log_every)
+    ap.add_argument("--eval-every", type=_count("--eval-every", -1), default=d.eval_every,
+                    help="0: only at the end; -1: never")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=_count("--threads", 0), default=0)
     ap.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU too (AVX512-BF16/AMX CPUs)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--bundle", default=None, help="also write an fp16 checkpoint here at every save")
@@ -96,14 +136,15 @@ def build_parser(prog="nuwa-fast train"):
     ap.add_argument("--gan", action="store_true", help="vq: add a patch-GAN after --gan-start steps")
     ap.add_argument("--decoder-only", action="store_true",
                     help="vq: fine-tune the pixel decoder only (with --init); tokens stay the same")
-    ap.add_argument("--gan-start", type=int, default=d.gan_start)
+    ap.add_argument("--gan-start", type=_count("--gan-start", 0), default=d.gan_start)
     ap.add_argument("--commit-weight", type=float, default=d.commit_weight)
-    ap.add_argument("--restart-every", type=int, default=d.restart_every)
+    ap.add_argument("--restart-every", type=_count("--restart-every", 0), default=d.restart_every)
     ap.add_argument("--vq", default=None, help="nuwa: checkpoint with the trained VQ (stage 1 output)")
     ap.add_argument("--cache", default=None, help="nuwa: token cache (nuwa-fast train cache ...) to cut chains from")
-    ap.add_argument("--images", type=int, default=200, help="cache: number of images")
-    ap.add_argument("--size", default="256x512", help="cache: image HxW in pixels")
-    ap.add_argument("--frames", type=int, default=1, help="cache: frames per clip (> 1: moving landscape clips)")
+    ap.add_argument("--images", type=_count("--images"), default=200, help="cache: number of images")
+    ap.add_argument("--size", type=_hxw("--size"), default=(256, 512), help="cache: image HxW in pixels")
+    ap.add_argument("--frames", type=_count("--frames"), default=1,
+                    help="cache: frames per clip (> 1: moving landscape clips)")
     ap.add_argument("--init", default=None, help="nuwa: checkpoint to start the decoder and text encoder from; vq: checkpoint to start the VQ from")
     ap.add_argument("--chains", type=_chains, default=d.chains,
                     help="nuwa: patch-chain shapes HxW[xweight], e.g. 4x3x0.5,2x4x0.5")
@@ -148,29 +189,139 @@ def options_from_args(a) -> TrainOptions:
 
 def main(argv=None):
     """`nuwa-fast train ...`; argv excludes the leading "train"."""
+    from ..errors import run_command
+    state = {}
+    return run_command(lambda av: _train(av, state), argv, lambda e: _what_was_written(state))
+
+
+def _train(argv, state):
     a = build_parser().parse_args(argv)
     from ..config import preset
     cfg = preset(a.preset)
     opt = options_from_args(a)
-    if a.stage == "vq":
-        from .vq_stage import train_vq
-        train_vq(cfg, opt)
-    elif a.stage == "cache":
+    _check_inputs(a)
+    state["out"] = a.out if a.stage != "cache" else None
+    if a.stage == "cache":
         import torch
         from ..checkpoint import load_checkpoint
         from .cache import build_cache
-        if not a.vq:
-            raise SystemExit("nuwa-fast train cache: pass --vq runs/vq/last.safetensors")
         if a.threads:
             torch.set_num_threads(a.threads)
-        h, w = (int(x) for x in a.size.split("x"))
+        h, w = a.size
         build_cache(load_checkpoint(a.vq).vq, a.data, a.images, h, w, a.out, seed=a.seed, frames=a.frames)
+        return 0
+    if a.stage == "vq":
+        from .vq_stage import train_vq
+        train_vq(cfg, opt)
     else:
-        if not a.vq and not a.init and not a.resume:
-            raise SystemExit("nuwa-fast train nuwa: pass --vq runs/vq/last.safetensors (the stage-1 VQ)")
         from .nuwa_stage import train_nuwa
         train_nuwa(cfg, opt)
     return 0
+
+
+def _check_inputs(a):
+    """Everything that can be checked before the work: the output, the inputs, the data spec."""
+    import os
+    from ..checkpoint import check_device
+    from ..errors import BadArgument
+    from . import common, sources
+    if a.device:
+        check_device(a.device)
+    if a.stage == "cache":
+        if not a.vq:
+            raise BadArgument("nuwa-fast train cache: pass --vq runs/vq/last.safetensors (the stage-1 VQ)")
+        if os.path.isdir(a.out):
+            raise BadArgument(f"--out {a.out} is a directory; `train cache` writes one file: give a "
+                              f"path like {os.path.join(a.out, 'cache.safetensors')}")
+        if os.path.exists(a.out):
+            raise BadArgument(f"--out {a.out} already exists; delete it or choose another path")
+        _check_parent(a.out)
+    else:
+        if a.stage == "nuwa" and not a.vq and not a.init and not a.resume:
+            raise BadArgument("nuwa-fast train nuwa: pass --vq runs/vq/last.safetensors (the stage-1 VQ)")
+        if os.path.exists(a.out) and not os.path.isdir(a.out):
+            raise BadArgument(f"--out {a.out} is a file; a training run writes a folder: choose another --out")
+        _check_parent(os.path.join(a.out, "last.safetensors"))
+        step = common.checkpoint_step(a.out) if os.path.isdir(a.out) else None
+        if step is not None and not a.resume:
+            raise BadArgument(f"--out {a.out} already holds a checkpoint at step {step}: add --resume to continue "
+                              f"it, or choose a new --out (nothing was changed)")
+        if step is None and a.resume:
+            print(f"--resume: {a.out} has no checkpoint yet; starting at step 0", file=sys.stderr)
+        if step is not None and step >= a.steps:
+            print(f"--resume: {a.out} is already at step {step} of --steps {a.steps}; nothing to train",
+                  file=sys.stderr)
+    for flag in ("vq", "init"):
+        if getattr(a, flag):
+            _check_checkpoint(getattr(a, flag), f"--{flag}")
+    if a.cache:
+        _check_cache(a.cache)
+    if a.bundle:
+        if os.path.isdir(a.bundle):
+            raise BadArgument(f"--bundle {a.bundle} is a directory; give a .safetensors file path")
+        _check_parent(a.bundle)
+    sources.source(a.data, False)                              # a bad --data spec fails here, not at step 0
+
+
+def _check_parent(path):
+    import os
+    from ..errors import BadArgument
+    d = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(d):
+        d = os.path.dirname(d)
+    if not os.path.isdir(d) or not os.access(d, os.W_OK | os.X_OK):
+        raise BadArgument(f"cannot write {path}: {d} is not a writable directory")
+
+
+def _check_checkpoint(path, flag):
+    import os
+    from ..checkpoint import FORMAT, read_metadata
+    from ..errors import BadFile
+    if not os.path.isfile(path):
+        raise BadFile(f"{flag} {path}: no such file" + (" (it is a folder; pass the last.safetensors inside "
+                                                        "it)" if os.path.isdir(path) else ""))
+    if read_metadata(path).get("format") != FORMAT:
+        raise BadFile(f"{flag} {path} is not a nuwa-fast checkpoint")
+
+
+def _check_cache(path):
+    import os
+    from safetensors import safe_open
+    from ..errors import BadFile
+    if not os.path.isfile(path):
+        raise BadFile(f"--cache {path}: no such file (make one with `nuwa-fast train cache`)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta, keys = fh.metadata() or {}, list(fh.keys())
+            shape = fh.get_slice("tokens").get_shape() if "tokens" in keys else None
+    except Exception as e:
+        raise BadFile(f"--cache {path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    if shape is None or "captions" not in meta:
+        what = "a model checkpoint" if meta.get("format") == "nuwa-fast" else "something else"
+        raise BadFile(f"--cache {path} is {what}, not a token cache (tokens + captions); make one with "
+                      f"`nuwa-fast train cache --vq ... --out {path}` or pass the cache's path")
+    if len(shape) != 3:
+        raise BadFile(f"--cache {path}: tokens must be [n, h, w], got shape {tuple(shape)}")
+
+
+def _write_text(text, path):
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def _what_was_written(state) -> str:
+    from . import common
+    out = state.get("out")
+    if not out:
+        return "nothing was written (the cache is written at the end)"
+    try:
+        step = common.checkpoint_step(out)
+    except Exception:
+        step = None
+    if step is None:
+        return f"no checkpoint was written to {out}"
+    return (f"the last complete checkpoint in {out} is at step {step}; continue with the same command "
+            f"plus --resume")
 
 
 def build_eval_parser(prog="nuwa-fast eval"):
@@ -178,9 +329,10 @@ def build_eval_parser(prog="nuwa-fast eval"):
                                  "token with the trained NCP extent vs no context, per order")
     ap.add_argument("checkpoint", nargs="?", default="tiny", help="checkpoint path or preset (default: bundled tiny)")
     ap.add_argument("--data", default="landscape:0.85,skimage:0.15")
-    ap.add_argument("--samples", type=int, default=16, help="held-out patch chains per order")
-    ap.add_argument("--chain", default="4x3", help="patch chain HxW of the held-out images")
-    ap.add_argument("--vq-samples", type=int, default=32)
+    ap.add_argument("--samples", type=_count("--samples"), default=16, help="held-out patch chains per order")
+    ap.add_argument("--chain", type=_hxw("--chain", "patches"), default=(4, 3),
+                    help="patch chain HxW of the held-out images")
+    ap.add_argument("--vq-samples", type=_count("--vq-samples"), default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="also write the report here")
     return ap
@@ -188,16 +340,30 @@ def build_eval_parser(prog="nuwa-fast eval"):
 
 def eval(argv=None):  # noqa: A001  (the `nuwa-fast eval` entry point)
     """`nuwa-fast eval ...`: prints (and optionally writes) a JSON report."""
+    from ..errors import run_command
+    return run_command(_eval, argv, lambda e: "nothing was written")
+
+
+def _eval(argv):
+    import os
+    from ..checkpoint import check_device
+    from ..errors import BadArgument
+    from . import sources
     a = build_eval_parser().parse_args(argv)
+    check_device(a.device)
+    if a.json:
+        if os.path.isdir(a.json):
+            raise BadArgument(f"--json {a.json} is a directory; give a file path, e.g. {os.path.join(a.json, 'eval.json')}")
+        _check_parent(a.json)
+    sources.source(a.data, True)
     from .evaluate import evaluate
-    h, w = (int(x) for x in a.chain.split("x"))
-    rep = evaluate(a.checkpoint, data=a.data, samples=a.samples, chain=(h, w), vq_samples=a.vq_samples,
+    rep = evaluate(a.checkpoint, data=a.data, samples=a.samples, chain=a.chain, vq_samples=a.vq_samples,
                    device=a.device)
     text = json.dumps(rep, indent=2)
     print(text)
     if a.json:
-        with open(a.json, "w") as fh:
-            fh.write(text + "\n")
+        from ..output import write_all
+        write_all([text + "\n"], [a.json], _write_text)
     return 0
 
 

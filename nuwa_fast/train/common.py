@@ -1,11 +1,14 @@
 """Shared training plumbing: distributed setup, LR schedule, resumable state, metrics log.
 
-Resumable state of a run folder `out/`:
-  last.safetensors        the model (nuwa_fast.checkpoint format; loadable by nuwa_fast.load)
-  last.state.safetensors  optimizer tensors + RNG state; its metadata holds JSON: step, param
-                          groups, the run's arguments and the data state.
-Both files are written to temporary names and renamed (state first, then weights), and both
-carry the step, so a resume can check they belong together. Nothing is pickled.
+Resumable state of a run folder `out/`: one file, written atomically.
+  last.safetensors   the model (nuwa_fast.checkpoint format; loadable by nuwa_fast.load) plus, under
+                     "train/", the optimizer tensors, extra modules, loop tensors and RNG state; its
+                     metadata names the step ("train_step") and holds JSON: param groups, the run's
+                     arguments and the data state.
+It is written to a unique temporary name, fsynced and renamed over the previous one, so the previous
+checkpoint stays complete until the new one is; a killed writer's temporary is removed when the
+next run starts. Runs written by earlier versions (last.safetensors + last.state.safetensors, the
+same step in both) resume too, and become one file at their next save. Nothing is pickled.
 
 Every batch is a pure function of (seed, step, rank), so the data-loader state is the step.
 """
@@ -21,9 +24,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import atomic_save_file
+from ..checkpoint import TRAIN_PREFIX, atomic_save_file
+from ..errors import BadFile
 
 STATE_FORMAT = "nuwa-fast-train-state"
+STATE_VERSION = "2"                 # one file; version 1 was the separate <name>.state.safetensors
+
+
+class TrainStateError(BadFile):
+    """A run folder whose checkpoint cannot be resumed; the message says what to do instead."""
 
 
 # ---- distributed ---------------------------------------------------------------------------------
@@ -125,58 +134,129 @@ def make_adamw(params, lr, weight_decay=0.01, betas=(0.9, 0.95), fast=(), fast_s
 # ---- resumable state -----------------------------------------------------------------------------
 def save_train_state(out, model, opt, step: int, args: dict, data_state: dict | None = None,
                      name: str = "last", modules: dict | None = None, extra_tensors: dict | None = None):
-    """Write out/<name>.state.safetensors then out/<name>.safetensors, both atomically.
+    """Write out/<name>.safetensors: the model and the training state, one atomic file.
 
-    modules: extra trained modules that are not part of the model (a GAN discriminator), kept in
-    the state file as "mod.<name>.<param>". extra_tensors: loop state (e.g. code usage since the
-    last restart), returned by load_train_state in data_state["tensors"].
+    modules: extra trained modules that are not part of the model (a GAN discriminator), kept as
+    "train/mod.<name>.<param>". extra_tensors: loop state (e.g. code usage since the last restart),
+    returned by load_train_state in data_state["tensors"].
     """
-    from ..checkpoint import save_checkpoint
+    from ..checkpoint import FORMAT, FORMAT_VERSION, clean_stale
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale(out, f"{name}.safetensors")
     sd = opt.state_dict()
-    tensors = {}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    T = TRAIN_PREFIX
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = v.detach().contiguous().cpu() if torch.is_tensor(v) \
+            tensors[f"{T}opt.{pid}.{k}"] = v.detach().contiguous().cpu() if torch.is_tensor(v) \
                 else torch.tensor(v, dtype=torch.float64)
     for mname, mod in (modules or {}).items():
         for k, v in mod.state_dict().items():
-            tensors[f"mod.{mname}.{k}"] = v.detach().contiguous().cpu()
+            tensors[f"{T}mod.{mname}.{k}"] = v.detach().contiguous().cpu()
     for k, v in (extra_tensors or {}).items():
-        tensors[f"extra.{k}"] = v.detach().contiguous().cpu()
-    tensors["rng.cpu"] = torch.get_rng_state()
+        tensors[f"{T}extra.{k}"] = v.detach().contiguous().cpu()
+    tensors[f"{T}rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"format": STATE_FORMAT, "step": str(step), "args": json.dumps(args, sort_keys=True),
-            "param_groups": json.dumps(sd["param_groups"]), "data_state": json.dumps(data_state or {})}
-    atomic_save_file(tensors, out / f"{name}.state.safetensors", meta)
-    save_checkpoint(model, out / f"{name}.safetensors", extra={"train_step": str(step)})
+        tensors[f"{T}rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.cfg.to_json(),
+            "train_step": str(step), "train_state": STATE_VERSION, "train_format": STATE_FORMAT,
+            "args": json.dumps(args, sort_keys=True), "param_groups": json.dumps(sd["param_groups"]),
+            "data_state": json.dumps(data_state or {})}
+    atomic_save_file(tensors, out / f"{name}.safetensors", meta)
+    old = out / f"{name}.state.safetensors"           # an earlier version's separate state: now stale
+    if old.exists():
+        old.unlink()
+
+
+def checkpoint_step(out, name: str = "last") -> int | None:
+    """The step of the complete checkpoint in `out`, None when there is none at all.
+
+    Raises TrainStateError when `out` holds checkpoint files that cannot be resumed.
+    """
+    from ..checkpoint import clean_stale, read_metadata
+    out = Path(out)
+    wpath, spath = out / f"{name}.safetensors", out / f"{name}.state.safetensors"
+    if out.is_dir():
+        clean_stale(out, wpath.name)
+        clean_stale(out, spath.name)
+    if not wpath.exists():
+        if spath.exists():
+            raise TrainStateError(f"{out} holds {spath.name} but not {wpath.name} (the weights); this run cannot "
+                                  f"be resumed: start again with a new --out")
+        return None
+    meta = _metadata(wpath, read_metadata)
+    if meta.get("train_state"):
+        if meta.get("train_state") != STATE_VERSION:
+            raise TrainStateError(f"{wpath} holds training state version {meta['train_state']!r}; this "
+                                  f"nuwa-fast resumes version {STATE_VERSION}: upgrade nuwa-fast")
+        return _int_meta(wpath, meta, "train_step")
+    if not spath.exists():
+        raise TrainStateError(f"{wpath} has weights but no training state (optimizer, RNG): it cannot be "
+                              f"resumed exactly; to continue from these weights with a fresh optimizer, "
+                              f"start a new --out with --init {wpath}")
+    smeta = _metadata(spath, read_metadata)
+    if smeta.get("format") != STATE_FORMAT:
+        raise TrainStateError(f"{spath} is not a nuwa-fast training state file")
+    step, wstep = _int_meta(spath, smeta, "step"), _int_meta(wpath, meta, "train_step")
+    if wstep != step:
+        raise TrainStateError(f"{wpath} is at step {wstep} but {spath.name} at step {step} (a run of an earlier "
+                              f"nuwa-fast was stopped between writing the two); the state of step {wstep} is "
+                              f"gone, so it cannot be resumed exactly. To continue from the step-{wstep} weights "
+                              f"with a fresh optimizer, start a new --out with --init {wpath}")
+    return step
+
+
+def has_checkpoint(out, name: str = "last") -> bool:
+    return checkpoint_step(out, name) is not None
+
+
+def _metadata(path, read_metadata) -> dict:
+    try:
+        return read_metadata(path)
+    except BadFile as e:
+        raise TrainStateError(f"{e}; this run cannot be resumed from it: start a new --out (or restore the "
+                              f"file)") from None
+
+
+def _int_meta(path, meta, key) -> int:
+    try:
+        return int(meta[key])
+    except (KeyError, ValueError):
+        raise TrainStateError(f"{path}: metadata {key!r} is missing or not a number; the file is damaged") from None
 
 
 def load_train_state(out, model, opt, name: str = "last", modules: dict | None = None):
-    """Restore model weights, optimizer and RNG from out/; returns (step, args, data_state)."""
+    """Restore model weights, optimizer and RNG from out/; returns (step, args, data_state).
+
+    Also drops the metrics.jsonl rows of steps at or after the checkpoint (the interrupted run logged
+    them after its last save; the resumed run logs them again).
+    """
     from safetensors import safe_open
-    from safetensors.torch import load_file
     from ..checkpoint import load_checkpoint, read_metadata
     out = Path(out)
-    spath, wpath = out / f"{name}.state.safetensors", out / f"{name}.safetensors"
-    if not spath.is_file() or not wpath.is_file():
-        raise FileNotFoundError(f"--resume: {out} has no {spath.name} + {wpath.name} pair to resume from; "
-                                f"start without --resume")
-    with safe_open(str(spath), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    if meta.get("format") != STATE_FORMAT:
-        raise ValueError(f"{spath} is not a nuwa-fast training state file")
-    step = int(meta["step"])
-    wstep = int(read_metadata(wpath).get("train_step", "-1"))
-    if wstep != step:
-        raise ValueError(f"{wpath} is at step {wstep} but {spath} at step {step}: the run was killed while "
-                         f"writing its checkpoint; delete the newer one or start again")
-    src = load_checkpoint(wpath)
-    model.load_state_dict(src.state_dict())
-    tensors = load_file(str(spath))
-    groups = json.loads(meta["param_groups"])
+    step = checkpoint_step(out, name)
+    if step is None:
+        raise TrainStateError(f"--resume: {out} has no checkpoint ({name}.safetensors) to resume from; "
+                              f"start without --resume")
+    wpath, spath = out / f"{name}.safetensors", out / f"{name}.state.safetensors"
+    meta = read_metadata(wpath)
+    one_file = bool(meta.get("train_state"))
+    src, prefix = (wpath, TRAIN_PREFIX) if one_file else (spath, "")
+    if not one_file:
+        meta = read_metadata(spath)
+    try:
+        model.load_state_dict(load_checkpoint(wpath).state_dict())
+        with safe_open(str(src), framework="pt") as fh:
+            tensors = {k[len(prefix):]: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)}
+        groups = json.loads(meta["param_groups"])
+        args, data_state = json.loads(meta["args"]), json.loads(meta["data_state"])
+    except TrainStateError:
+        raise
+    except Exception as e:
+        raise TrainStateError(f"{src}: cannot read the training state (truncated or corrupt?): {e}; this run "
+                              f"cannot be resumed from it: start a new --out, or --init {wpath} for the "
+                              f"weights alone") from e
     state = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
@@ -196,9 +276,29 @@ def load_train_state(out, model, opt, name: str = "last", modules: dict | None =
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    data_state = json.loads(meta["data_state"])
     data_state["tensors"] = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
-    return step, json.loads(meta["args"]), data_state
+    if is_main():
+        trim_metrics(out / "metrics.jsonl", step)
+    return step, args, data_state
+
+
+def trim_metrics(path, step: int):
+    """Keep the rows of steps before `step` (and evaluations at `step`); rewrite atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue                                       # a line cut by the kill
+        s = row.get("step", -1)
+        if s < step or ("eval" in row and s == step):
+            keep.append(line)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, path)
 
 
 def _param_by_id(opt, pid):

@@ -13,7 +13,6 @@ unconditional prompt for classifier-free guidance), and trains with cross-entrop
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -147,7 +146,7 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
     optim = common.make_adamw(trainer.parameters(), opt.lr, opt.weight_decay, fast=[model.decoder.adc_bias],
                               fast_scale=opt.bias_lr_scale)
     start = 0
-    if opt.resume and (Path(opt.out) / "last.state.safetensors").is_file():
+    if opt.resume and common.has_checkpoint(opt.out):
         start, saved, _ = common.load_train_state(opt.out, model, optim)
         opt.check_resume(saved)
     ddp = common.wrap_ddp(trainer, dev)

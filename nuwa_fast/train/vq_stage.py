@@ -93,7 +93,7 @@ def train_vq(cfg, opt: TrainOptions, log=print):
     optim = common.make_adamw(params, opt.lr, opt.weight_decay, betas=(0.9, 0.99))
     start, resumed_usage = 0, None
     extra = {"disc": disc} if disc is not None else {}
-    if opt.resume and _has_state(opt):
+    if opt.resume and common.has_checkpoint(opt.out):
         start, saved, dstate = common.load_train_state(opt.out, model, optim, modules=extra)
         opt.check_resume(saved)
         resumed_usage = dstate["tensors"].get("usage")
@@ -156,11 +156,6 @@ def train_vq(cfg, opt: TrainOptions, log=print):
             break
     common.barrier()
     return model
-
-
-def _has_state(opt):
-    from pathlib import Path
-    return (Path(opt.out) / "last.state.safetensors").is_file()
 
 
 def _restart(vq, usage, z, step, seed):
