@@ -179,7 +179,7 @@ def test_model_card_figures_match_the_eval_json():
         import model_card
     finally:
         sys.path.pop(0)
-    path = model_card.eval_json("tiny")
+    path = model_card.eval_json()
     ev = json.load(open(path))
     card = open(model_card.CARD).read()
     assert model_card.updated_card(card, model_card.render(ev, path)) == card, \
