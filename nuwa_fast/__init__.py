@@ -14,5 +14,5 @@ from . import adc, ncp, ops  # noqa: E402,F401
 from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402,F401
 from .config import PRESETS, NuwaConfig, TextConfig, VQConfig  # noqa: E402,F401
 
-from .layers import NCPAttention  # noqa: E402,F401
+from .layers import DenseKV, NCPAttention, PagedKV  # noqa: E402,F401
 from .pipeline import Pipeline, PipelineOutput  # noqa: E402,F401

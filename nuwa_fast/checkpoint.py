@@ -153,7 +153,7 @@ def load_checkpoint(path, device="cpu", dtype=None):
     format, config (field bounds, then its size against the memory available), every tensor's name,
     shape and dtype from the file's header; then the values (finite)."""
     from safetensors import safe_open
-    from .model import NuwaModel
+    from .model import NuwaModel, upgrade_key
     from . import api  # noqa: F401  (binds the task methods)
     path = Path(path)
     dev = check_device(device)
@@ -173,7 +173,8 @@ def load_checkpoint(path, device="cpu", dtype=None):
     try:
         with safe_open(str(path), framework="pt") as fh:
             keys = [k for k in fh.keys() if not (meta.get("train_state") and k.startswith(TRAIN_PREFIX))]
-            header = {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in keys}
+            names = {upgrade_key(k): k for k in keys}                      # today's name -> the file's
+            header = {k: (tuple(fh.get_slice(f).get_shape()), fh.get_slice(f).get_dtype()) for k, f in names.items()}
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read the tensors (truncated or corrupt?): {e}") from e
     missing = sorted(set(want) - set(header))
@@ -192,7 +193,7 @@ def load_checkpoint(path, device="cpu", dtype=None):
                                   f"{'floating' if is_float else 'integer'} tensor")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            state = {k: fh.get_tensor(k) for k in want}
+            state = {k: fh.get_tensor(names[k]) for k in want}
     except Exception as e:
         raise CheckpointError(f"{path}: cannot read the tensors (truncated or corrupt?): {e}") from e
     for k, v in state.items():

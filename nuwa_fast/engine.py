@@ -172,7 +172,7 @@ def _known_tables(spec: TaskSpec, p: int, n: int):
 class Prepared:
     """Everything a run sets up before its patch loop (engine.prepare); benchmarks drive it directly."""
     sh: object                           # steps.Shared: pool, tables, static buffers
-    step: object                         # steps.PagedStep | steps.StaticStep
+    step: object                         # steps.PagedStep | gathered.StaticStep
     rows: object                         # steps.GraphedStep: row(s, nb) / prefill(nb), eager or graphs
     scheduler: Scheduler                 # the waves and their NCP cycle
     kinds: np.ndarray                    # [n] int8 PatchKind per step
@@ -193,7 +193,8 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
     lane_buckets: round each group's lanes up to a bucket (bucket_sizes), padding the rest, as the
     captured graphs need (default: with graphs only)."""
     from .sampling import Sampling
-    from .steps import GraphedStep, PagedStep, Shared, StaticStep
+    from .gathered import StaticStep
+    from .steps import GraphedStep, PagedStep, Shared
 
     sampling = sampling or Sampling()
     ncp.check_schedule(schedule, max_lanes)

@@ -4,8 +4,10 @@ A patch is P+1 rows: row 0 is a learned start embedding, row s >= 1 embeds token
 within-patch position. Row s predicts token s. Each layer: self-attention over null + context pages
 + own page (causal) with the ADC bias, cross-attention to the text, MLP (all pre-norm).
 
-The self-attention is pluggable (`attend(layer, q, k, v, q_start) -> out`): the engine writes k/v
-into the paged pool and calls ops.patch_attention; the oracle and training use dense attention.
+The self-attention of every layer is nuwa_fast.layers.NCPAttention, the public drop-in module. What
+differs between training, the oracle and the engine is only where it reads its keys and values: the
+`kv` source of each call (layers.DenseKV-style dense context for training and the oracle, the page
+pool or the engine's gathered buffers when generating).
 
 Where a patch lies (`Where`: its patch coordinates, its height on the canvas, the order's direction)
 reaches the decoder as a `Placement`, computed once per patch:
@@ -23,6 +25,7 @@ reaches the decoder as a `Placement`, computed once per patch:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NuwaConfig
+from .layers import NCPAttention, apply_rope, dense_attention  # noqa: F401  (public here too)
 
 LAYOUT_KNOTS = 9
 DIRECTIONS = ("down", "right", "up", "left", "outward")      # adc.ORDERS: the layout's direction ids
@@ -91,11 +95,6 @@ def rope_tables(yx, p: int, head_dim: int, base: float):
     return tuple(out)
 
 
-def apply_rope(t, cos, sin):
-    """Rotate consecutive pairs of t [B, H, M, D] by the angles of cos/sin [B or 1, 1, M, D/2]."""
-    tp = t.float().unflatten(-1, (-1, 2))                                                  # [B, H, M, D/2, 2]
-    a, b = tp[..., 0], tp[..., 1]
-    return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).to(t.dtype)
 
 
 class CrossAttention(nn.Module):
@@ -119,31 +118,43 @@ class CrossAttention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: NuwaConfig):
+    """Pre-norm: self-attention (NCPAttention, keys/values from the call's source) -> cross-attention
+    to the text -> MLP."""
+
+    def __init__(self, cfg: NuwaConfig, index: int = 0):
         super().__init__()
-        W, H, D = cfg.width, cfg.heads, cfg.head_dim
-        self.heads = H
+        W, H = cfg.width, cfg.heads
+        self.index = index
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(W), nn.LayerNorm(W), nn.LayerNorm(W)
-        self.qkv = nn.Linear(W, 3 * W, bias=False)
-        self.proj = nn.Linear(W, W, bias=False)
-        self.null_k = nn.Parameter(torch.randn(H, D) * 0.02)              # [H, D]
-        self.null_v = nn.Parameter(torch.zeros(H, D))                     # [H, D]
+        self.attn = NCPAttention(W, H, layer=index)
         self.cross = CrossAttention(W, H)
         self.mlp = nn.Sequential(nn.Linear(W, cfg.mlp_ratio * W), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.mlp_ratio * W, W))
+        self._register_load_state_dict_pre_hook(_upgrade_attention_keys)
 
-    def forward(self, x, layer, q_start, attend, text, rope=None):
-        """rope: (cos_q, sin_q, cos_k, sin_k) of these M rows, [B or 1, 1, M, D/2] each, or None."""
-        B, M, W = x.shape
-        qkv = self.qkv(self.ln1(x)).view(B, M, 3, self.heads, W // self.heads)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))      # 3 x [B, H, M, D]
-        if rope is not None:
-            q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[2], rope[3])
-        a = attend(layer, q, k, v, q_start)                              # [B, H, M, D]
-        x = x + self.proj(a.transpose(1, 2).reshape(B, M, W))
-        tk, tv, tmask = text[layer]
+    def forward(self, x, kv, q_start, text, rope=None):
+        """x [B, M, width] rows q_start..q_start+M-1; kv: where self-attention reads keys/values
+        (layers module docstring); text: per-layer (k, v, mask); rope: Placement.rows(...) or None."""
+        x = x + self.attn(self.ln1(x), kv, q_start, rope)
+        tk, tv, tmask = text[self.index]
         x = x + self.cross(self.ln2(x), tk, tv, tmask)
         return x + self.mlp(self.ln3(x))
+
+
+ATTENTION_KEYS = ("qkv.weight", "proj.weight", "null_k", "null_v")   # moved from a layer into layer.attn
+
+
+def upgrade_key(name: str) -> str:
+    """A tensor name of a checkpoint written before the self-attention became layer.attn, in today's
+    naming: decoder.layers.3.qkv.weight -> decoder.layers.3.attn.qkv.weight (others unchanged)."""
+    m = re.fullmatch(r"(.*decoder\.layers\.\d+\.)(.+)", name)
+    return m[1] + "attn." + m[2] if m and m[2] in ATTENTION_KEYS else name
+
+
+def _upgrade_attention_keys(state, prefix, *args):
+    for k in ATTENTION_KEYS:
+        if prefix + k in state:
+            state[prefix + "attn." + k] = state.pop(prefix + k)
 
 
 class VisionDecoder(nn.Module):
@@ -155,7 +166,7 @@ class VisionDecoder(nn.Module):
         self.start = nn.Parameter(torch.randn(W) * 0.02)
         self.pos_y = nn.Parameter(torch.randn(cfg.patch, W) * 0.02)      # axial within-patch position
         self.pos_x = nn.Parameter(torch.randn(cfg.patch, W) * 0.02)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, l) for l in range(cfg.layers))
         self.adc_bias = nn.Parameter(torch.zeros(cfg.layers, cfg.R, cfg.heads))   # B[l][R, heads]
         if cfg.layout:
             self.layout_y = nn.Parameter(torch.zeros(LAYOUT_KNOTS, W))      # height on the canvas
@@ -186,10 +197,14 @@ class VisionDecoder(nn.Module):
         rope = rope_tables(where.yx, cfg.patch, cfg.head_dim, cfg.rope_base) if cfg.rope else None
         return Placement(add, rope)
 
+    def positions(self):
+        """The axial within-patch position embedding of the P tokens, [P, W]."""
+        p = self.cfg.patch
+        return (self.pos_y[:, None, :] + self.pos_x[None, :, :]).reshape(p * p, -1)
+
     def embed(self, tokens, q_start: int, M: int, placed: Placement | None = None):
         """Rows q_start .. q_start+M-1 of a patch. tokens [B, >= q_start+M-1] (token s-1 feeds row s)."""
-        p = self.cfg.patch
-        pos = (self.pos_y[:, None, :] + self.pos_x[None, :, :]).reshape(p * p, -1)   # [P, W]
+        pos = self.positions()                                                       # [P, W]
         rows = []
         if q_start == 0:
             rows.append(self.start.expand(tokens.shape[0], 1, -1))
@@ -202,14 +217,15 @@ class VisionDecoder(nn.Module):
             x = x + placed.add.to(x.dtype)
         return x
 
-    def forward(self, tokens, q_start: int, M: int, attend, text, logits: bool = True, where=None):
+    def forward(self, tokens, q_start: int, M: int, kv, text, logits: bool = True, where=None):
         """Run rows q_start..q_start+M-1; returns logits [B, M, V] (or the final hidden states).
+        kv: where self-attention reads keys/values, kv(attn, q, k, v, q_start) (nuwa_fast.layers).
         where: a Where, or a Placement computed once per patch (self.place)."""
         placed = where if isinstance(where, Placement) else self.place(where)
         x = self.embed(tokens, q_start, M, placed)
         rope = placed.rows(q_start, M)
-        for l, layer in enumerate(self.layers):
-            x = layer(x, l, q_start, attend, text, rope)
+        for layer in self.layers:
+            x = layer(x, kv, q_start, text, rope)
         x = self.ln_f(x)
         return self.head(x) if logits else x
 
@@ -221,31 +237,6 @@ def _init(m):
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Embedding):
         nn.init.normal_(m.weight, std=0.02)
-
-
-def dense_attention(q, k_own, v_own, q_start, ctx_k, ctx_v, ctx_bias, own_bias, null_k, null_v, scale):
-    """Patch attention written from the definition with dense tensors (oracle and training path).
-
-    q      [B, H, M, D]   rows q_start .. q_start+M-1
-    k_own  [B, H, n, D]   own keys of tokens 0..n-1 (row s sees tokens 0..s-1)
-    ctx_k  [B, H, Nc, D]  keys of all selected context pages, concatenated (Nc may be 0)
-    ctx_bias [Nc, H] or [B, H, Nc]  ADC bias of each context key; own_bias [H]; null gets 0
-    """
-    B, H, M, D = q.shape
-    n = k_own.shape[2]
-    rows = torch.arange(M, device=q.device) + q_start
-    vis = torch.arange(n, device=q.device)[None, :] < rows[:, None]         # [M, n]
-    s_null = torch.einsum("bhmd,hd->bhm", q, null_k)[..., None]             # [B, H, M, 1]
-    s_ctx = torch.einsum("bhmd,bhnd->bhmn", q, ctx_k)                       # [B, H, M, Nc]
-    s_own = torch.einsum("bhmd,bhnd->bhmn", q, k_own)                       # [B, H, M, n]
-    if ctx_bias.dim() == 2:
-        ctx_bias = ctx_bias.t()[None]                                        # [1, H, Nc]
-    s_ctx = s_ctx * scale + ctx_bias[:, :, None, :]
-    s_own = (s_own * scale + own_bias[None, :, None, None]).masked_fill(~vis, float("-inf"))
-    s = torch.cat([s_null * scale, s_ctx, s_own], dim=-1)
-    p = torch.softmax(s.float(), dim=-1).to(q.dtype)
-    v_all = torch.cat([null_v[None, :, None, :].expand(B, H, 1, D), ctx_v, v_own], dim=2)
-    return torch.einsum("bhmn,bhnd->bhmd", p, v_all)
 
 
 class NuwaModel(nn.Module):

@@ -45,8 +45,9 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), *
         own_row = adc.rel_index((0, 0, 0), cfg.extent)
         captured = {}
 
-        def attend(l, q, k, v, q_start, ctx=ctx, captured=captured):
+        def attend(attn, q, k, v, q_start, ctx=ctx, captured=captured):
             assert q_start == 0                               # the oracle always starts at row 0
+            l = attn.layer
             Bq, H, M, D = q.shape
             table = dec.adc_bias[l]                           # [R, H]
             if ctx:
@@ -58,7 +59,7 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), *
                 cb = table.new_zeros(0, H)
             captured[l] = (k[:, :, 1:], v[:, :, 1:])          # keys of tokens 0 .. M-2
             return dense_attention(q, k[:, :, 1:], v[:, :, 1:], 0, ck, cv, cb, table[own_row],
-                                   dec.layers[l].null_k, dec.layers[l].null_v, dec.scale)
+                                   attn.null_k, attn.null_v, attn.scale)
 
         where = Where.of((y, x), Hg, spec.directions[i] if spec.directions else 0, Bt, dev)
         known, kmask = patch_known(spec, (t, y, x), p)

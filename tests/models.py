@@ -21,6 +21,6 @@ def small_model(seed=0, **kw):
                 model.decoder.layout_y.normal_(0, 1.0)
                 model.decoder.layout_dir.normal_(0, 1.0)
             for layer in model.decoder.layers:
-                layer.null_v.normal_(0, 0.5)
+                layer.attn.null_v.normal_(0, 0.5)
             model.decoder.head.weight.normal_(0, 0.5)
     return model

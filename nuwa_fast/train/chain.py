@@ -104,12 +104,12 @@ def parallel_logits(dec, chain, rel, text, logits=True, where=None):
     rows = P + 1
     masks = {}
 
-    def attend(l, q, k, v, q_start):                                            # [B*N, H, P+1, D] each
+    def attend(attn, q, k, v, q_start):                                         # [B*N, H, P+1, D] each
         _, H, _, D = q.shape
+        l = attn.layer
         q, k, v = (t.reshape(B, N, H, rows, D).transpose(1, 2).reshape(B, H, N * rows, D) for t in (q, k, v))
-        layer = dec.layers[l]
-        k = torch.cat([layer.null_k.to(k.dtype)[None, :, None].expand(B, H, 1, D), k], 2)   # [B, H, 1+N*rows, D]
-        v = torch.cat([layer.null_v.to(v.dtype)[None, :, None].expand(B, H, 1, D), v], 2)
+        k = torch.cat([attn.null_k.to(k.dtype)[None, :, None].expand(B, H, 1, D), k], 2)   # [B, H, 1+N*rows, D]
+        v = torch.cat([attn.null_v.to(v.dtype)[None, :, None].expand(B, H, 1, D), v], 2)
         if l not in masks:
             masks[l] = block_mask(dec.adc_bias[l], rel.to(q.device), P)         # [H, N*rows, 1+N*rows]
         s = torch.einsum("bhmd,bhnd->bhmn", q, k).float() * dec.scale + masks[l][None]
@@ -130,8 +130,9 @@ def patch_forward(dec, buf, ctx, text, logits=True, where=None):
     own_row = adc.rel_index((0, 0, 0), dec.cfg.extent)
     page = []
 
-    def attend(l, q, k, v, q_start):
+    def attend(attn, q, k, v, q_start):
         Bq, H, M, D = q.shape
+        l = attn.layer
         table = dec.adc_bias[l]                                                  # [R, H]
         if ctx:
             ck = torch.cat([pg[l][0] for pg, _ in ctx], 2)                       # [B, H, n*P, D]
@@ -142,7 +143,7 @@ def patch_forward(dec, buf, ctx, text, logits=True, where=None):
             cb = table.new_zeros(0, H)
         page.append((k[:, :, 1:], v[:, :, 1:]))                                  # keys of tokens 0..P-1
         return dense_attention(q, k[:, :, 1:], v[:, :, 1:], 0, ck, cv, cb, table[own_row],
-                               dec.layers[l].null_k, dec.layers[l].null_v, dec.scale)
+                               attn.null_k, attn.null_v, attn.scale)
 
     out = dec(buf, 0, P + 1, attend, text, logits=logits, where=where)
     return out[:, :P], page

@@ -1,0 +1,219 @@
+"""The static step: context gathered once per patch, one fixed-shape function for every row.
+
+Attention modes "gathered", "sdpa" and "flex" share the buffers and the model's own layers; they
+differ only in the kernel that reads the buffer, a small strategy object chosen once (KERNELS):
+
+  MatmulKernel  matmul -> fp32 softmax -> matmul over the buffer with an additive bias ("gathered")
+  SdpaKernel    F.scaled_dot_product_attention with the same bias as a float mask ("sdpa")
+  FlexKernel    torch.nn.attention.flex_attention with a block mask and a score_mod (nuwa_fast.flex)
+
+Buffer layout per layer and row (K and V alike); a page takes Pb key positions (Pb = P rounded up
+to the kernel's block: 1, or 16 for flex, the smallest block FlexAttention's kernels take):
+    [0, nc)                nc = n_max * Pb: the context pages, the valid slots of the lane's step
+                           first (slot order), then padding (zero keys, bias -inf). n_max = the most
+                           context pages any step of the plan has, so the shapes never change.
+    [own_off, +Pb)         the own page: row s writes key s-1 in place; causal mask in the bias
+    [null_off, Ntot)       the null key (1 position; flex: one page block, so blocks stay aligned)
+kbias [L, R, H, Ntot] fp32 holds the ADC bias of every key of every row (-inf = not visible).
+Nothing ever writes the padding positions, so they stay zero keys with bias -inf.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .layers import op_range
+
+NEG_INF = float("-inf")
+
+
+class MatmulKernel:
+    """Dense matmul-softmax-matmul; the own page's causal mask lives in kbias."""
+    name = "gathered"
+    block = 1                      # a page's key positions are rounded up to a multiple of this
+    null_positions = 1             # key positions of the null key
+    causal_in_bias = True          # False: the kernel masks the own page itself (flex's mask_mod)
+
+    def setup(self, step):
+        pass
+
+    def on_gather(self, step, valid, nr: int):
+        """After begin_group gathered the context: valid [nr, n_max] bool per row and context page."""
+
+    def __call__(self, step, l, q, K, V, mask, decode: bool):
+        """q [nr, H, M, D], K/V [nr, H, Ntot, D], mask [nr, H, 1 or M, Ntot] fp32 -> [nr, H, M, D]."""
+        s = torch.matmul(q, K.transpose(-1, -2)) * step.scale + mask                    # [nr, H, M, Ntot]
+        return torch.matmul(torch.softmax(s.float(), dim=-1).to(q.dtype), V)
+
+
+class SdpaKernel(MatmulKernel):
+    name = "sdpa"
+
+    def __call__(self, step, l, q, K, V, mask, decode: bool):
+        return F.scaled_dot_product_attention(q, K, V, attn_mask=mask.to(q.dtype), scale=step.scale)
+
+
+def kernels():
+    from .flex import FlexKernel
+    return {k.name: k for k in (MatmulKernel, SdpaKernel, FlexKernel)}
+
+
+class GatheredKV:
+    """The kv source of the model's layers in the static step: own keys/values into the buffer,
+    then the step's kernel over [context | own | null]."""
+
+    def __init__(self, step, decode: bool):
+        self.step, self.decode = step, decode
+
+    def __call__(self, attn, q, k, v, q_start):
+        st, l = self.step, attn.layer
+        nr = q.shape[0]
+        K, V = st.kv[l][0][:nr], st.kv[l][1][:nr]                                      # [nr, H, Ntot, D]
+        if self.decode:                                      # q_start: the row, a device scalar
+            pos = (q_start - 1).clamp(min=0).view(1) + st.own_off   # row 0's key lands in slot 0, masked, then overwritten
+            K.index_copy_(2, pos, k.to(K.dtype))
+            V.index_copy_(2, pos, v.to(V.dtype))
+            mask = st.kbias[l][:nr, :, None, :]                                         # [nr, H, 1, Ntot]
+        else:                                                # prefill: rows 1..P, keys of tokens 0..P-1
+            K[:, :, st.own_off:st.own_off + st.sh.P] = k.to(K.dtype)
+            V[:, :, st.own_off:st.own_off + st.sh.P] = v.to(V.dtype)
+            mask = st.prefill_mask[l]
+        with op_range(f"{st.kernel.name} attention L{l}"):
+            return st.kernel(st, l, q, K, V, mask, self.decode)
+
+
+class StaticStep:
+    """Gathered context in a static [context | own | null] key/value buffer; one function for all rows."""
+    per_row = False
+
+    def __init__(self, sh, mode: str, compile_step: bool = False):
+        self.sh = sh
+        self.kernel = kernels()[mode]()
+        dec, dev = sh.dec, sh.dev
+        L, H, D, P, R = sh.L, sh.H, sh.D, sh.P, sh.R
+        slots = [[c for c, j in enumerate(row) if j >= 0] for row in sh.plan.slots]
+        self.n_max = max((len(s) for s in slots), default=0)   # whole plan: max_patches keeps the shapes
+        slots = slots[:max(sh.n, 1)]
+        pad = sh.own_rel                           # the own slot is empty at select time (select runs before add)
+        idx = [s + [pad] * (self.n_max - len(s)) for s in slots]
+        self.slot_idx = torch.tensor(idx, dtype=torch.long, device=dev).view(len(idx), self.n_max)   # [n, n_max]
+        b = self.kernel.block
+        self.Pb = Pb = -(-P // b) * b
+        self.nc = self.n_max * Pb
+        self.own_off, self.null_off = self.nc, self.nc + Pb
+        self.Ntot = self.null_off + (Pb if self.kernel.null_positions > 1 else 1)
+        self.scale = dec.scale
+        dtype = dec.start.dtype
+        # one tensor per layer and K/V (not views of one): torch.compile then mutates them in place
+        self.kv = [tuple(torch.zeros(R, H, self.Ntot, D, dtype=dtype, device=dev) for _ in range(2))
+                   for _ in range(L)]                                                  # L x 2 x [R, H, Ntot, D]
+        for lay, (K, V) in zip(dec.layers, self.kv):
+            K[:, :, self.null_off] = lay.attn.null_k.to(dtype)
+            V[:, :, self.null_off] = lay.attn.null_v.to(dtype)
+        self.own_b = sh.bias[:, sh.own_rel, :].contiguous()                           # [L, H]
+        self.kbias = torch.full((L, R, H, self.Ntot), NEG_INF, device=dev)
+        self.kbias[..., self.own_off:self.own_off + P] = self.own_b[:, None, :, None]
+        self.kbias[..., self.null_off] = 0.0
+        vis = torch.arange(P, device=dev)[None, :] < torch.arange(P + 1, device=dev)[:, None]
+        self.causal = torch.zeros(P + 1, P, device=dev).masked_fill(~vis, NEG_INF)      # [P+1, P] row s: keys < s
+        self.pos = dec.positions()                                                     # [P, W]
+        if dev.type == "cpu":
+            column_major_wide_weights(dec)
+        self.staging_bytes = 2 * L * self.kv[0][0].numel() * self.kv[0][0].element_size() + self.kbias.numel() * 4
+        self.row_kv, self.prefill_kv = GatheredKV(self, decode=True), GatheredKV(self, decode=False)
+        self.prefill_mask = None
+        self.kernel.setup(self)
+        if compile_step:               # automatic dynamic: one recompile per new shape or seed, then general
+            self._row = torch.compile(self._row)
+            self._prefill = torch.compile(self._prefill)
+
+    # ---- per group of lanes (eager: a handful of launches) ---------------------------------------------
+    def begin_group(self, steps):
+        """Gather the context pages of every lane (the scheduler has selected them into page_table)."""
+        sh = self.sh
+        if not self.n_max:
+            return
+        L, H, D, P, Pb, n = sh.L, sh.H, sh.D, sh.P, self.Pb, self.n_max
+        nr = sh.nb * sh.Bt
+        idx = self.slot_idx.index_select(0, sh.lane_steps[:sh.nb]).repeat_interleave(sh.Bt, 0)   # [nr, n]
+        pages = sh.page_table[:nr].gather(1, idx)                                      # [nr, n] int32
+        valid = pages >= 0                                                             # [nr, n]
+        src = sh.pool.pages.index_select(0, pages.clamp(min=0).view(-1).long())        # [nr*n, L, 2, H, P, D]
+        src = src.view(nr, n, L, 2, H, P, D).permute(2, 3, 0, 4, 1, 5, 6)              # [L, 2, nr, H, n, P, D]
+        for l in range(L):
+            for j in range(2):
+                ctx = self.kv[l][j][:nr, :, :self.nc].unflatten(2, (n, Pb))[:, :, :, :P]   # [nr, H, n, P, D] view
+                ctx.copy_(src[l, j])
+                ctx.masked_fill_(~valid[:, None, :, None, None], 0.0)  # unused pages may hold NaN: never let it in
+        b = sh.bias[:, idx]                                                            # [L, nr, n, H]
+        b = b.masked_fill(~valid[None, :, :, None], NEG_INF).permute(0, 1, 3, 2)        # [L, nr, H, n]
+        self.kbias[:, :nr, :, :self.nc].unflatten(3, (n, Pb))[..., :P].copy_(b[..., None].expand(L, nr, H, n, P))
+        self.kernel.on_gather(self, valid, nr)
+
+    def end_group(self):
+        """Write the own keys/values of every lane back to its page."""
+        sh = self.sh
+        nr = sh.nb * sh.Bt
+        o = slice(self.own_off, self.own_off + sh.P)
+        own_kv = torch.stack([torch.stack([K[:nr, :, o], V[:nr, :, o]], 1) for K, V in self.kv], 1)  # [nr, L, 2, H, P, D]
+        sh.pool.pages.index_copy_(0, sh.own[:nr].long(), own_kv.to(sh.pool.pages.dtype))
+
+    # ---- the captured functions ------------------------------------------------------------------------
+    def row_fn(self, s, nb: int):
+        self._row(nb)
+
+    def prefill_fn(self, nb: int):
+        self._prefill(nb)
+
+    def _row(self, nb: int):
+        """Row sh.row_t of every lane: embed, the model's layers (keys/values from row_kv), sample."""
+        sh, dec = self.sh, self.sh.dec
+        nr = nb * sh.Bt
+        row = sh.row_t
+        r = row.view(1)
+        if self.kernel.causal_in_bias:                 # own keys < row visible
+            self.kbias[:, :nr, :, self.own_off:self.own_off + sh.P] = \
+                (self.own_b[:, :, None] + self.causal.index_select(0, r))[:, None]      # [L, 1, H, P]
+        prev = (row - 1).clamp(min=0).view(1)
+        e = dec.tok(sh.buf[:nr].index_select(1, prev)) + self.pos.index_select(0, prev)  # [nr, 1, W]
+        x = torch.where(row == 0, dec.start.view(1, 1, -1), e)
+        text, placed = sh.views(nb)
+        rope = None
+        if placed is not None:
+            if placed.add is not None:
+                x = x + placed.add
+            if placed.rope is not None:
+                rope = tuple(t.index_select(2, r) for t in placed.rope)                # 4 x [nr, 1, 1, D/2]
+        for layer in dec.layers:
+            x = layer(x, self.row_kv, row, text, rope)
+        logits = dec.head(dec.ln_f(x))[:, 0]                                           # [nr, V]
+        sh.pick(logits, row)
+
+    def _prefill(self, nb: int):
+        """Rows 1..P of every (given) lane at once: the keys/values of its P known tokens."""
+        sh, dec = self.sh, self.sh.dec
+        nr = nb * sh.Bt
+        sh.load_known_patch()
+        mp = self.kbias[:, :nr, :, None, :]                                            # [L, nr, H, 1, Ntot]
+        if self.kernel.causal_in_bias:
+            mp = mp.repeat(1, 1, 1, sh.P, 1)                                           # [L, nr, H, P, Ntot]
+            mp[..., self.own_off:self.own_off + sh.P] = self.own_b[:, None, :, None, None] + self.causal[1:]
+        self.prefill_mask = mp
+        text, placed = sh.views(nb)
+        x = dec.embed(sh.buf[:nr], 1, sh.P, placed)                                    # rows 1..P
+        rope = placed.rows(1, sh.P) if placed is not None else None
+        for layer in dec.layers:
+            x = layer(x, self.prefill_kv, 1, text, rope)
+
+
+def column_major_wide_weights(dec):
+    """Store the weight [out, in] of every decoder linear wider than tall (qkv, fc1, the head) as the
+    transpose of a contiguous [in, out] tensor: the same values, so the model computes the same
+    thing, but F.linear then multiplies x @ Wt without a transposed operand. On the CPU (MKL, one
+    thread) a one-row product against a wide weight runs about 3x faster so (1024x256 fp32, weights
+    not in cache: 33 vs 108 us); square and narrow weights gain nothing and keep their layout."""
+    mods = [dec.head] + [m for layer in dec.layers for m in (layer.attn.qkv, layer.mlp[0])]
+    for m in mods:
+        w = m.weight
+        if m.out_features > m.in_features and w.is_contiguous():
+            m.weight.data = w.data.t().contiguous().t()                                # strides (1, out)
