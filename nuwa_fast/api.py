@@ -303,8 +303,7 @@ def _oom_advice(model, spec, sampling):
     cfg = model.cfg
     extent = engine.check_extent(model, spec.extent)
     peak = ncp.plan(spec.order, extent, spec.grid).peak_pages
-    per_sample = peak * cfg.layers * 2 * cfg.heads * cfg.P * cfg.head_dim * \
-        next(model.parameters()).element_size() * (2 if sampling.guidance != 1.0 else 1)
+    per_sample = peak * ncp.page_bytes(cfg, next(model.parameters()).dtype) * (2 if sampling.guidance != 1.0 else 1)
     avail = ncp.available_bytes(model.device)
     fit = max(int(avail * 0.8) // max(per_sample, 1), 0)
     return MemoryError(f"out of memory on {model.device} while generating {spec.batch} samples of a "

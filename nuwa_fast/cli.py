@@ -132,7 +132,7 @@ def _kwargs(a):
 
 
 DELEGATED = {"train": ("nuwa_fast.train.cli", "main"), "eval": ("nuwa_fast.train.cli", "eval"),
-             "bench": ("nuwa_fast.bench", "main"), "profile": ("nuwa_fast.profile", "main")}
+             "bench": ("nuwa_fast.tools", "bench"), "profile": ("nuwa_fast.tools", "profile")}
 
 
 def run(argv=None) -> int:
@@ -140,12 +140,17 @@ def run(argv=None) -> int:
     if argv and argv[0] in DELEGATED:                   # these parse their own arguments (and --help)
         import importlib
         mod, fn = DELEGATED[argv[0]]
+        from .tools import ToolMissing
         try:
-            module = importlib.import_module(mod)
-        except ImportError as e:
+            command = getattr(importlib.import_module(mod), fn)
+        except ImportError as e:                        # a missing optional dependency
             print(f"error: `nuwa-fast {argv[0]}` is not available in this installation: {e}", file=sys.stderr)
             return 2
-        return getattr(module, fn)(argv[1:]) or 0
+        try:
+            return command(argv[1:]) or 0
+        except ToolMissing as e:                        # bench/profile without benchmarks/ beside the package
+            print(f"error: `nuwa-fast {argv[0]}` is not available in this installation: {e}", file=sys.stderr)
+            return 2
     a = build_parser().parse_args(argv)
     import warnings
     warnings.formatwarning = lambda message, *args, **kw: f"warning: {message}\n"

@@ -132,15 +132,15 @@ def check_fits(model, grid, order, batch: int, extent=None, sampling=None, pool_
     dtype = ncp.default_pool_dtype(model.decoder.start.dtype, model.device, pool_dtype)
     if schedule == "waves" and max_lanes is None:     # the default cap comes from the memory
         max_lanes = default_lanes(model, order, e, grid, Bt, dtype)
-    return ncp.check_pool_fits(ncp.plan(order, e, grid, schedule, max_lanes).peak_pages, Bt, cfg.layers, cfg.heads,
-                               cfg.P, cfg.head_dim, dtype, model.device)
+    return ncp.check_pool_fits(ncp.plan(order, e, grid, schedule, max_lanes).peak_pages, Bt, cfg, dtype,
+                               model.device)
 
 
 def default_lanes(model, order, extent, grid, Bt: int, dtype, share: float = 0.5) -> int:
     """The widest wave, halved until the pool of the waves plan plus the per-lane staging buffers fit
     in `share` of the memory a pool may use (ncp.available_bytes)."""
     cfg = model.cfg
-    page = cfg.layers * 2 * cfg.heads * cfg.P * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+    page = ncp.page_bytes(cfg, dtype)
     # per lane and sample: the gathered [context | own | null] K/V of every layer + its fp32 bias row
     ctx = adc.num_offsets(extent) * cfg.P + cfg.P + 1
     lane = Bt * (page // cfg.P * ctx + cfg.layers * cfg.heads * ctx * 4)

@@ -14,7 +14,8 @@ to the kernel's block: 1, or 16 for flex, the smallest block FlexAttention's ker
                            context pages any step of the plan has, so the shapes never change.
     [own_off, +Pb)         the own page: row s writes key s-1 in place; causal mask in the bias
     [null_off, Ntot)       the null key (1 position; flex: one page block, so blocks stay aligned)
-kbias [L, R, H, Ntot] fp32 holds the ADC bias of every key of every row (-inf = not visible).
+kbias [L, R, H, Ntot] fp32 holds the ADC bias of every key of every row (-inf = not visible); its
+context part comes from ops.adc_gather (bias by slot, -inf for an empty slot) once per group.
 Nothing ever writes the padding positions, so they stay zero keys with bias -inf.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .layers import op_range
 
 NEG_INF = float("-inf")
@@ -145,8 +147,9 @@ class StaticStep:
                 ctx = self.kv[l][j][:nr, :, :self.nc].unflatten(2, (n, Pb))[:, :, :, :P]   # [nr, H, n, P, D] view
                 ctx.copy_(src[l, j])
                 ctx.masked_fill_(~valid[:, None, :, None, None], 0.0)  # unused pages may hold NaN: never let it in
-        b = sh.bias[:, idx]                                                            # [L, nr, n, H]
-        b = b.masked_fill(~valid[None, :, :, None], NEG_INF).permute(0, 1, 3, 2)        # [L, nr, H, n]
+        pt = sh.page_table[:nr]
+        b = torch.stack([ops.adc_gather(sh.bias[l], pt, backend=sh.backend) for l in range(L)])  # [L, nr, H, C]
+        b = b.gather(3, idx[None, :, None, :].expand(L, nr, H, n))                   # [L, nr, H, n] the lane's slots
         self.kbias[:, :nr, :, :self.nc].unflatten(3, (n, Pb))[..., :P].copy_(b[..., None].expand(L, nr, H, n, P))
         self.kernel.on_gather(self, valid, nr)
 

@@ -13,6 +13,7 @@ ops registry, so the patch loop never waits for the host.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -181,9 +182,25 @@ def default_pool_dtype(model_dtype, device, requested=None):
     return torch.bfloat16 if torch.device(device).type == "cuda" else model_dtype
 
 
-def check_pool_fits(n_pages, batch, layers, heads, P, head_dim, dtype, device) -> int:
+class PageShape(NamedTuple):
+    """What fixes a page's size (a NuwaConfig has the same fields)."""
+    layers: int
+    heads: int
+    P: int
+    head_dim: int
+
+
+def page_bytes(cfg, dtype) -> int:
+    """Bytes of one page of one sample: every layer's keys and values of P tokens,
+    layers * 2 * heads * P * head_dim elements. cfg: a NuwaConfig (or anything with layers, heads,
+    P, head_dim); dtype: a torch dtype or its element size in bytes."""
+    size = dtype if isinstance(dtype, int) else torch.empty((), dtype=dtype).element_size()
+    return cfg.layers * 2 * cfg.heads * cfg.P * cfg.head_dim * size
+
+
+def check_pool_fits(n_pages, batch, cfg, dtype, device) -> int:
     """Bytes the pool needs; raises PoolTooLarge naming the numbers when they do not fit."""
-    page = layers * 2 * heads * P * head_dim * torch.empty((), dtype=dtype).element_size()
+    page = page_bytes(cfg, dtype)
     need = n_pages * batch * page
     avail = available_bytes(device)
     if need > avail:
@@ -212,7 +229,8 @@ class PagePool:
         self.G, self.B = int(n_pages), int(batch)
         self.backend = backend
         self.device = torch.device(device)
-        check_pool_fits(self.G + -(-int(spare) // self.B), self.B, layers, heads, P, head_dim, dtype, device)
+        check_pool_fits(self.G + -(-int(spare) // self.B), self.B, PageShape(layers, heads, P, head_dim), dtype,
+                        device)
         self.pages = torch.empty(self.G * self.B + int(spare), layers, 2, heads, P, head_dim, dtype=dtype,
                                  device=device)
         self.page_index = torch.full((n_patches + 1,), -1, dtype=torch.int32, device=device)

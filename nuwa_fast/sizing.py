@@ -187,5 +187,5 @@ def check_canvas(model, grid, order, region, batch: int, extent, sampling, pixel
         pages = peak_pages(names, grid, e, region)
         Bt = batch * (2 if sampling is not None and sampling.guidance != 1.0 else 1)
         dtype = model.decoder.start.dtype
-        ncp.check_pool_fits(pages, Bt, cfg.layers, cfg.heads, cfg.P, cfg.head_dim, dtype, model.device)
+        ncp.check_pool_fits(pages, Bt, cfg, dtype, model.device)
     return pages, region

@@ -187,3 +187,14 @@ def test_model_card_figures_match_the_eval_json():
     assert f"{ev['vq']['psnr']:.1f} dB PSNR" in card
     ev["vq"]["psnr"] += 1.0                                       # a new eval changes the card
     assert model_card.updated_card(card, model_card.render(ev, path)) != card
+
+
+def test_bench_and_profile_without_the_benchmarks_folder_say_so(monkeypatch, tmp_path, capsys):
+    """A wheel ships no benchmarks/: the thin entry points name what is missing (exit 2), no traceback."""
+    from nuwa_fast import cli, tools
+    assert tools.load("bench").__file__ == os.path.join(ROOT, "benchmarks", "bench_engine.py")
+    monkeypatch.setattr(tools, "BENCHMARKS", tmp_path / "benchmarks")
+    for command in ("bench", "profile"):
+        assert cli.run([command, "--help"]) == 2
+        err = capsys.readouterr().err
+        assert f"`nuwa-fast {command}` is not available" in err and str(tmp_path / "benchmarks") in err

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nuwa_fast.data import (FolderSource, MixtureSource, PatchChainDataset, collate, make_source,
-                            render_landscape, render_landscape_video, sample_skimage, skimage_images)
+from chain_dataset import PatchChainDataset, collate
+from nuwa_fast.data import (FolderSource, MixtureSource, make_source, render_landscape, render_landscape_video,
+                            sample_skimage, skimage_images)
 from nuwa_fast.data.folder import IMAGE_EXTS
 
 ODD_SIZES = [(24, 40), (33, 57), (256, 72), (7, 5)]

@@ -32,6 +32,20 @@ def test_toy_backend_from_one_module_is_used(model):
     assert torch.equal(out, ref)
 
 
+def test_gathered_modes_take_the_bias_rows_from_adc_gather(model):
+    """The static step gathers the ADC bias of each lane's slots through ops.adc_gather (once per layer
+    and group of lanes with context), and gets the default engine's tokens."""
+    ops.register_backend("toy", toy_backend)
+    toy_backend.calls.clear()
+    out, st = engine.run(model, spec(), seed=2, backend="toy", attention="gathered")
+    ref, _ = engine.run(model, spec(), seed=2)
+    print(toy_backend.calls)
+    with_context = st.patches - 1                                 # every patch but the first has context
+    assert toy_backend.calls["adc_gather"] >= model.cfg.layers * min(with_context, st.waves - 1) > 0
+    assert "patch_attention" not in toy_backend.calls
+    assert torch.equal(out, ref)
+
+
 def test_ops_are_registered_torch_ops():
     assert hasattr(torch.ops.nuwa_fast, "patch_attention") and hasattr(torch.ops.nuwa_fast, "adc_gather")
     bias, table = torch.randn(9, 2), torch.tensor([[0, -1, 3]], dtype=torch.int32)

@@ -1,8 +1,8 @@
 """Training images for both stages, from nuwa_fast.data sources, as a pure function of a generator.
 
 Sample i of step s on rank r is drawn from numpy default_rng([seed, rank, step, i, salt]) (the
-principle of data.PatchChainDataset, with the image shape chosen per step), so the data-loader state
-of a run is its step. Held-out data come from the same spec built with HELDOUT_SEED: other
+principle of tests/chain_dataset.PatchChainDataset, with the image shape chosen per step), so the
+data-loader state of a run is its step. Held-out data come from the same spec built with HELDOUT_SEED: other
 landscape worlds, other crops of the photos.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`nuwa-fast profile`: profile a small generation (torch.profiler trace + NVTX ranges for Nsight).
+"""Profile a small generation: torch.profiler trace + NVTX ranges for Nsight (= `nuwa-fast profile`).
 
     nuwa-fast profile                                  # CPU: 2 patches of a 128x128 canvas, tiny preset
     nuwa-fast profile --device cuda --cuda-graphs off  # per-op ranges visible (graphs hide them)
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]          # siblings and the repository, also when loaded by path
 
 
 def build_parser():
@@ -38,8 +40,8 @@ def build_parser():
                     help="no torch.profiler trace (use under nsys/ncu: the profiler's own CUPTI use interferes)")
     ap.add_argument("--cuda-profiler-range", action="store_true",
                     help="bracket the measured generation with cudaProfilerStart/Stop (nsys --capture-range)")
-    ap.add_argument("--out-dir", default=os.path.join(ROOT, "out", "profile"),
-                    help="where the Chrome trace goes (default out/profile, git-ignored)")
+    ap.add_argument("--out-dir", default=os.path.join("out", "profile"),
+                    help="where the Chrome trace goes (default out/profile under the current folder)")
     ap.add_argument("--rows", type=int, default=25, help="rows of the op table (default 25)")
     return ap
 
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import nuwa_fast
     from nuwa_fast import adc, engine, nvtx
-    from nuwa_fast.bench import device_name, setup_device
+    from bench_common import device_name, setup_device
     from nuwa_fast.engine import TaskSpec
 
     device = setup_device(args)
