@@ -111,7 +111,7 @@ setup(
     package_data={"nuwa_fast": ["weights/*.safetensors", "weights/*.json"]},
     ext_modules=_cuda_extensions(),
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=["torch>=2.4,<3", "numpy", "safetensors", "pillow", "tqdm"],
+    install_requires=["torch>=2.4,<3", "numpy", "safetensors>=0.4", "pillow", "tqdm"],
     extras_require={
         "triton": ["triton>=3.0"],
         "video": ["av>=12"],                # MP4 through PyAV (its wheels ship the FFmpeg libraries)

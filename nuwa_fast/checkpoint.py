@@ -14,6 +14,10 @@ import torch
 from .config import PRESETS, NuwaConfig, preset
 from .errors import BadArgument, BadFile, DoesNotFit
 
+from safetensors import SafetensorError
+
+UNREADABLE = (OSError, SafetensorError)               # what a truncated, corrupt or missing file raises
+
 FORMAT = "nuwa-fast"
 FORMAT_VERSION = "1"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -84,7 +88,7 @@ def atomic_save_file(tensors: dict, path: Path, metadata: dict) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except Exception as e:                              # safetensors reports a full disk as "(os error 28)"
+    except UNREADABLE as e:                             # safetensors reports a full disk as "(os error 28)"
         import errno
         if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
                 any(f"os error {c}" in str(e) for c in (errno.ENOSPC, errno.EDQUOT)):
@@ -143,7 +147,7 @@ def read_metadata(path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as fh:
             return fh.metadata() or {}
-    except Exception as e:
+    except UNREADABLE as e:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {e}. "
                               f"Re-download or re-save it with nuwa_fast.checkpoint.save_checkpoint") from e
 
@@ -166,7 +170,7 @@ def load_checkpoint(path, device="cpu", dtype=None):
                               f"nuwa-fast reads version {FORMAT_VERSION}: upgrade nuwa-fast")
     try:
         cfg = NuwaConfig.from_json(meta["config"])
-    except Exception as e:
+    except (KeyError, TypeError, ValueError) as e:    # no config, not JSON, unknown or out-of-range fields
         raise CheckpointError(f"{path}: the config in the metadata is invalid: {e}") from e
     want = config_tensors(cfg)
     _check_fits_memory(path, want, dev)
@@ -175,7 +179,7 @@ def load_checkpoint(path, device="cpu", dtype=None):
             keys = [k for k in fh.keys() if not (meta.get("train_state") and k.startswith(TRAIN_PREFIX))]
             names = {upgrade_key(k): k for k in keys}                      # today's name -> the file's
             header = {k: (tuple(fh.get_slice(f).get_shape()), fh.get_slice(f).get_dtype()) for k, f in names.items()}
-    except Exception as e:
+    except UNREADABLE as e:
         raise CheckpointError(f"{path}: cannot read the tensors (truncated or corrupt?): {e}") from e
     missing = sorted(set(want) - set(header))
     unexpected = sorted(set(header) - set(want))
@@ -194,7 +198,7 @@ def load_checkpoint(path, device="cpu", dtype=None):
     try:
         with safe_open(str(path), framework="pt") as fh:
             state = {k: fh.get_tensor(names[k]) for k in want}
-    except Exception as e:
+    except UNREADABLE as e:
         raise CheckpointError(f"{path}: cannot read the tensors (truncated or corrupt?): {e}") from e
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():

@@ -146,7 +146,7 @@ class FolderSource:
                     raise ValueError("no frames")
                 kind = "video" if n > 1 else "image"
                 return FolderItem(path, kind, self._caption(path, captions), length=n)
-        except Exception as e:                      # unreadable: counted and reported, never fatal
+        except Exception as e:                      # any decoder error: recorded in .skipped, warned, never fatal
             self.skipped.append((path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
         return None
 
@@ -176,7 +176,7 @@ class FolderSource:
             idx = [min(start + t, item.length - 1) for t in range(frames)]
             try:
                 clip = self._frames(item, idx if item.length > 1 else [0])
-            except Exception as e:
+            except Exception as e:                  # unreadable now: reported (warning), the file dropped
                 self.skipped.append((item.path, f"{type(e).__name__}: {e}"))
                 self._warn_skipped(self.skipped[-1:])
                 del self.items[k]

@@ -287,6 +287,7 @@ def _check_checkpoint(path, flag):
 def _check_cache(path):
     import os
     from safetensors import safe_open
+    from ..checkpoint import UNREADABLE
     from ..errors import BadFile
     if not os.path.isfile(path):
         raise BadFile(f"--cache {path}: no such file (make one with `nuwa-fast train cache`)")
@@ -294,7 +295,7 @@ def _check_cache(path):
         with safe_open(str(path), framework="pt") as fh:
             meta, keys = fh.metadata() or {}, list(fh.keys())
             shape = fh.get_slice("tokens").get_shape() if "tokens" in keys else None
-    except Exception as e:
+    except UNREADABLE as e:
         raise BadFile(f"--cache {path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
     if shape is None or "captions" not in meta:
         what = "a model checkpoint" if meta.get("format") == "nuwa-fast" else "something else"
@@ -314,9 +315,10 @@ def _what_was_written(state) -> str:
     out = state.get("out")
     if not out:
         return "nothing was written (the cache is written at the end)"
+    from ..checkpoint import UNREADABLE, CheckpointError
     try:
         step = common.checkpoint_step(out)
-    except Exception:
+    except (common.TrainStateError, CheckpointError, *UNREADABLE):    # nothing resumable there: say so below
         step = None
     if step is None:
         return f"no checkpoint was written to {out}"

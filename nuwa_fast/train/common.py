@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import TRAIN_PREFIX, atomic_save_file
+from ..checkpoint import TRAIN_PREFIX, UNREADABLE, atomic_save_file
 from ..errors import BadFile
 
 STATE_FORMAT = "nuwa-fast-train-state"
@@ -253,7 +253,7 @@ def load_train_state(out, model, opt, name: str = "last", modules: dict | None =
         args, data_state = json.loads(meta["args"]), json.loads(meta["data_state"])
     except TrainStateError:
         raise
-    except Exception as e:
+    except (*UNREADABLE, KeyError, ValueError) as e:      # truncated file, missing or malformed metadata
         raise TrainStateError(f"{src}: cannot read the training state (truncated or corrupt?): {e}; this run "
                               f"cannot be resumed from it: start a new --out, or --init {wpath} for the "
                               f"weights alone") from e
