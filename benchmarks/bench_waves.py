@@ -107,7 +107,7 @@ def engine_case(model, name, grid, order, batch, repeats, max_patches=None, **kw
                spread_sequential=[round(min(rates["sequential"]), 1), round(max(rates["sequential"]), 1)],
                speedup=round(med["waves"] / med["sequential"], 2),
                same_tokens=bool(torch.equal(tokens["waves"], tokens["sequential"])),
-               attention=w.extra["attention"], backend=w.backend)
+               attention=w.attention, backend=w.backend)
     print(f"{name:>22}: waves {row['tok_s_waves']:8.1f} tok/s ({w.waves} waves, {row['mean_lanes']} lanes, "
           f"{w.peak_pages} pages) | sequential {row['tok_s_sequential']:8.1f} tok/s ({s.peak_pages} pages) | "
           f"x{row['speedup']} | same tokens {row['same_tokens']}", flush=True)

@@ -62,13 +62,13 @@ def measure_latency(model, grid, order, k, args, budget=None, full_context=False
     t0 = time.perf_counter()
     _, st = engine.run(model, spec, seed=0, max_patches=min(ff + k, N), patch_times=True, schedule="sequential",
                        **run_kw)
-    times = st.extra["patch_seconds"][ff:]
+    times = st.patch_seconds[ff:]
     row = dict(canvas=f"{grid[1]}x{grid[2]}" + (f"x{grid[0]}f" if grid[0] > 1 else ""), order=order,
                patches=N, fast_forward=ff, measured=len(times), peak_pages=plan_pages,
                latency_ms=1e3 * statistics.median(times) if times else None,
                spread_ms=(1e3 * min(times), 1e3 * max(times)) if times else None,
-               pool_mib=mib(st.pool_bytes), staging_mib=mib(st.extra["staging_bytes"]),
-               run_s=time.perf_counter() - t0, attention=st.extra["attention"])
+               pool_mib=mib(st.pool_bytes), staging_mib=mib(st.staging_bytes),
+               run_s=time.perf_counter() - t0, attention=st.attention)
     if model.device.type == "cuda":
         row["max_allocated_mib"] = mib(torch.cuda.max_memory_allocated(model.device))
     return row
@@ -247,7 +247,7 @@ def sec_e2e(model, args, out):
             _gen(model, (1, 1, 1), b, attention=args.attention, cuda_graphs=args.cuda_graphs)
             _, st = _gen(model, grid, b, attention=args.attention, cuda_graphs=args.cuda_graphs)
             row = dict(canvas=f"{grid[1]}x{grid[2]}", batch=b, **_rate(st), peak_pages=st.peak_pages,
-                       pool_mib=mib(st.pool_bytes), capture_s=st.extra["capture_seconds"])
+                       pool_mib=mib(st.pool_bytes), capture_s=st.capture_seconds)
             rows.append(row)
             _print_last(row)
     table(f"End to end ({args.attention or 'default'} attention): whole canvas, all samples", rows,
@@ -275,8 +275,8 @@ def sec_shape(model, args, out):
     _, st = engine.run(model, spec, seed=0, **kw)
     row = dict(height=args.height or 256, width=args.width or 256, frames=args.frames, batch=args.batch,
                order=args.order, canvas=f"{grid[0]}x{grid[1]}x{grid[2]}", **_rate(st), peak_pages=st.peak_pages,
-               pool_mib=mib(st.pool_bytes), attention=st.extra["attention"], backend=st.backend,
-               compiled=st.extra["compiled"], **args.run_kw)
+               pool_mib=mib(st.pool_bytes), attention=st.attention, backend=st.backend,
+               compiled=st.compiled, **args.run_kw)
     _print_last(row)
     table(f"Your canvas: {row['width']} x {row['height']} px, {args.frames} frame(s), batch {args.batch}, "
           f"order {args.order}", [row],

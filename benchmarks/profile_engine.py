@@ -81,8 +81,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     nvtx.enable(False)
     print(f"profiled {st.patches} patches of {grid[1]}x{grid[2]} on {device_name(device)}: {wall:.2f} s, "
-          f"{st.tokens_per_second:.0f} tokens/s, attention {st.extra['attention']}, backend {st.backend}, "
-          f"cuda graphs {st.extra['cuda_graphs']}")
+          f"{st.tokens_per_second:.0f} tokens/s, attention {st.attention}, backend {st.backend}, "
+          f"cuda graphs {st.cuda_graphs}")
     if prof is not None:
         os.makedirs(args.out_dir, exist_ok=True)
         path = os.path.join(args.out_dir, f"trace_{device_name(device).replace(' ', '_')}.json")

@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 from . import adc, ncp, ops  # noqa: E402,F401
 from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402,F401
 from .config import PRESETS, NuwaConfig, TextConfig, VQConfig  # noqa: E402,F401
+from .generation import GenerationConfig  # noqa: E402,F401
+from .images import Result  # noqa: E402,F401
 
 from .layers import DenseKV, NCPAttention, PagedKV  # noqa: E402,F401
 from .pipeline import Pipeline, PipelineOutput  # noqa: E402,F401

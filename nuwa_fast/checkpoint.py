@@ -158,7 +158,6 @@ def load_checkpoint(path, device="cpu", dtype=None):
     shape and dtype from the file's header; then the values (finite)."""
     from safetensors import safe_open
     from .model import NuwaModel, upgrade_key
-    from . import api  # noqa: F401  (binds the task methods)
     path = Path(path)
     dev = check_device(device)
     meta = read_metadata(path)
@@ -236,7 +235,6 @@ def load(path_or_preset="tiny", device="cpu", dtype=None, seed: int = 0, torch_d
     `dtype` (or its diffusers-style alias `torch_dtype`): the weights' dtype, e.g. torch.bfloat16 or
     "bfloat16" (default: as stored, float32 for the bundled model)."""
     from .model import NuwaModel
-    from . import api  # noqa: F401
     device = check_device(device)
     if dtype is not None and torch_dtype is not None and resolve_dtype(dtype) != resolve_dtype(torch_dtype):
         raise ValueError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; give one of them")

@@ -116,19 +116,15 @@ def build_parser():
     return ap
 
 
-def _kwargs(a):
-    kw = dict(seed=a.seed, batch=a.batch, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-              guidance=a.guidance, extent=a.extent, backend=a.backend, progress=not a.quiet,
-              schedule=a.schedule, max_lanes=a.max_lanes)
-    if a.attention:
-        kw["attention"] = a.attention
-    if a.cuda_graphs:
-        kw["cuda_graphs"] = a.cuda_graphs == "on"
-    if a.compile:
-        kw["compile_step"] = True
-    if a.order:
-        kw["order"] = a.order
-    return kw
+def generation_config(a, on_patch=None):
+    """The GenerationConfig of the task flags (the task's default order when --order is not given)."""
+    from .generation import GenerationConfig
+    return GenerationConfig(seed=a.seed, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                            guidance=a.guidance, order=a.order or None, extent=a.extent, backend=a.backend,
+                            attention=a.attention or None,
+                            cuda_graphs=None if not a.cuda_graphs else a.cuda_graphs == "on",
+                            compile_step=bool(a.compile), schedule=a.schedule, max_lanes=a.max_lanes,
+                            progress=not a.quiet, on_patch=on_patch)
 
 
 DELEGATED = {"train": ("nuwa_fast.train.cli", "main"), "eval": ("nuwa_fast.train.cli", "eval"),
@@ -175,7 +171,7 @@ def run(argv=None) -> int:
     names = output.check(a.out, kind, a.batch, overwrite=a.overwrite)
     image = None
     if a.cmd in ("outpaint", "animate"):
-        from .api import to_rgb_array
+        from .images import to_rgb_array
         image = to_rgb_array(a.image)
         H, W = image.shape[0] + (a.top + a.bottom if a.cmd == "outpaint" else 0), \
             image.shape[1] + (a.left + a.right if a.cmd == "outpaint" else 0)
@@ -188,25 +184,25 @@ def run(argv=None) -> int:
         print(hint, file=sys.stderr)
     preview = runtime.PreviewWriter(a.out, a.preview) if a.preview is not None else None
     model = nuwa_fast.load(a.checkpoint, device=a.device, dtype=a.dtype)
-    kw = _kwargs(a)
-    if preview is not None:
-        kw["on_patch"] = preview
+    config = generation_config(a, on_patch=preview)
     try:
-        return _task(a, model, image, kw)
+        return _task(a, model, image, config)
     finally:
         if preview is not None:
             preview.remove()
 
 
-def _task(a, model, image, kw) -> int:
+def _task(a, model, image, config) -> int:
     if a.cmd == "generate":
-        r = model.generate_image(a.prompt, height=a.height, width=a.width, **kw)
+        r = model.generate_image(a.prompt, height=a.height, width=a.width, batch=a.batch, config=config)
     elif a.cmd == "video":
-        r = model.generate_video(a.prompt, frames=a.frames, height=a.height, width=a.width, **kw)
+        r = model.generate_video(a.prompt, frames=a.frames, height=a.height, width=a.width, batch=a.batch,
+                                 config=config)
     elif a.cmd == "outpaint":
-        r = model.outpaint(image, left=a.left, right=a.right, top=a.top, bottom=a.bottom, prompt=a.prompt, **kw)
+        r = model.outpaint(image, left=a.left, right=a.right, top=a.top, bottom=a.bottom, prompt=a.prompt,
+                           batch=a.batch, config=config)
     else:
-        r = model.animate(image, frames=a.frames, prompt=a.prompt, **kw)
+        r = model.animate(image, frames=a.frames, prompt=a.prompt, batch=a.batch, config=config)
     paths = r.save(a.out, overwrite=a.overwrite, **({"fps": a.fps} if r.is_video else {}))
     s = r.stats
     print(f"wrote {', '.join(paths)}: {s.patches} patches, {s.generated_tokens} tokens sampled in "

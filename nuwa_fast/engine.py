@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,17 +61,37 @@ class TaskSpec:
 
 @dataclass
 class Stats:
-    patches: int = 0
+    """What a generation did. Sizes are per run; `pages` are logical (each holds B samples' pages)."""
+    patches: int = 0                     # patches run (max_patches applied)
     tokens: int = 0                      # tokens per sample (known ones included)
     generated_tokens: int = 0            # sampled tokens, all samples
     seconds: float = 0.0
-    peak_pages: int = 0                  # logical pages (each holds B samples' pages)
+    peak_pages: int = 0                  # most pages in use at once (the device counter)
     pool_bytes: int = 0
     backend: str = "torch"
     schedule: str = "waves"
     waves: int = 0                       # batched steps run (= patches when sequential)
     mean_lanes: float = 0.0              # patches per wave
-    extra: dict = field(default_factory=dict)
+    attention: str = ""                  # the attention mode that ran ("oracle": dense, no pool)
+    cuda_graphs: bool = False            # the steps were replayed from CUDA graphs
+    compiled: bool = False               # the row step ran through torch.compile
+    max_lanes: int = 0                   # lanes the static buffers hold
+    patches_total: int = 0               # patches of the whole order
+    plan_peak_pages: int = 0             # the plan's peak (peak_pages never exceeds it)
+    pages_left: int = 0                  # pages still in use at the end (0: every page was freed)
+    staging_bytes: int = 0               # the gathered modes' static key/value buffers
+    capture_seconds: float = 0.0         # warm-up and CUDA-graph capture before the loop
+    seed: int | None = None              # the sampler's seed (set by the tasks)
+    wave_seconds: list | None = None     # patch_times=True: wall time of every wave
+    patch_seconds: list | None = None    # patch_times=True: per patch of the order, its wave's time
+
+    EXTRA = ("pages_left", "plan_peak_pages", "attention", "cuda_graphs", "compiled", "staging_bytes",
+             "capture_seconds", "patches_total", "max_lanes", "seed", "wave_seconds", "patch_seconds")
+
+    @property
+    def extra(self) -> dict:
+        """The fields that an earlier Stats kept in a dict, by name (a copy: set the fields)."""
+        return {k: getattr(self, k) for k in self.EXTRA if getattr(self, k) is not None}
 
     @property
     def tokens_per_second(self) -> float:
@@ -255,8 +275,8 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
                   tokens of the patches not reached stay 0. Shapes are those of the whole run.
     sync_debug    "warn" | "error": torch.cuda.set_sync_debug_mode during the patch loop (CUDA only),
                   to prove the loop never waits for the host.
-    patch_times   record the wall time of every wave in stats.extra["wave_seconds"], and per patch of
-                  the order the time of the wave that produced it in stats.extra["patch_seconds"]
+    patch_times   record the wall time of every wave in stats.wave_seconds, and per patch of
+                  the order the time of the wave that produced it in stats.patch_seconds
                   (= the patch's own time when sequential); CUDA events on a GPU.
     on_patch      called as on_patch(done, total, tokens, steps) after every wave: `done` patches of
                   `total` are finished, `steps` are the order indices this wave wrote, `tokens` is the
@@ -308,14 +328,15 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
     stats.seconds = time.perf_counter() - t0
     stats.peak_pages = int(sh.pool.peak.item())
     stats.pool_bytes = sh.pool.nbytes
-    stats.extra.update(pages_left=sh.pool.in_use(), plan_peak_pages=sh.plan.peak_pages, attention=g.attention,
-                       cuda_graphs=g.graphs, compiled=bool(compile_step and g.attention != "paged"),
-                       staging_bytes=g.step.staging_bytes, capture_seconds=g.capture_seconds,
-                       patches_total=len(spec.order), max_lanes=sh.K)
+    stats.pages_left, stats.plan_peak_pages = sh.pool.in_use(), sh.plan.peak_pages
+    stats.attention, stats.cuda_graphs = g.attention, g.graphs
+    stats.compiled = bool(compile_step and g.attention != "paged")
+    stats.staging_bytes, stats.capture_seconds = g.step.staging_bytes, g.capture_seconds
+    stats.patches_total, stats.max_lanes = len(spec.order), sh.K
     if patch_times:
-        stats.extra["wave_seconds"] = per_wave = _elapsed(events, on_cuda)
+        stats.wave_seconds = per_wave = _elapsed(events, on_cuda)
         per_step = {i: t for groups, t in zip(sched.waves, per_wave) for g in groups for i in g.steps}
-        stats.extra["patch_seconds"] = [per_step[i] for i in sorted(per_step)]   # of the wave that made it
+        stats.patch_seconds = [per_step[i] for i in sorted(per_step)]   # of the wave that made it
     return sh.out, stats
 
 

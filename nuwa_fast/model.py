@@ -240,7 +240,14 @@ def _init(m):
 
 
 class NuwaModel(nn.Module):
-    """VQ tokenizer + text encoder + vision decoder. Use nuwa_fast.load() to build one."""
+    """VQ tokenizer + text encoder + vision decoder. Use nuwa_fast.load() to build one.
+
+    The tasks are its methods. Each takes `config=` (a GenerationConfig) and any of its fields as
+    keywords, which override the config: seed, temperature, top_k, top_p, guidance, order, extent,
+    backend, attention, cuda_graphs, compile_step, schedule, max_lanes, oracle, progress, on_patch.
+    Each returns an images.Result (pixels, tokens, stats). The model itself is not called: its modules
+    are driven patch by patch by the engine.
+    """
 
     def __init__(self, cfg: NuwaConfig):
         super().__init__()
@@ -262,4 +269,47 @@ class NuwaModel(nn.Module):
         mem, mask = self.text.encode_prompts(prompts, self.device)
         return self.decoder.text_memory(mem, mask)
 
-    # the task API lives in nuwa_fast.api (bound onto this class there)
+    def forward(self, *args, **kwargs):
+        raise TypeError("a NuwaModel is not called directly (its modules are driven patch by patch by the engine): "
+                        "use model.generate_image(prompt, height=, width=), model.generate_video, model.outpaint, "
+                        "model.animate, or the pipeline: nuwa_fast.Pipeline.from_pretrained('tiny')(prompt, "
+                        "height=, width=).images")
+
+    # ---- the tasks (implemented in nuwa_fast.api) ---------------------------------------------------
+    def generate_image(self, prompt=None, height=256, width=256, order=None, batch=1, region=None,
+                       config=None, **options):
+        """Unconditional (prompt None/"") or text-to-image of any size, patch by patch in `order`
+        (default "down"; "outward" grows from `region`, a patch rectangle (y0, x0, y1, x1)).
+        Result.pixels: uint8 [batch, height, width, 3]."""
+        from . import api
+        r = api.generate(self, prompt, 1, height, width, batch, region, _generation(config, order, options))
+        r.pixels = r.pixels[:, 0]
+        return r
+
+    def generate_video(self, prompt=None, frames=8, height=256, width=256, order=None, batch=1, region=None,
+                       config=None, **options):
+        """Text-to-video (or unconditional video): frame after frame, each in `order` (default "down").
+        Result.pixels: uint8 [batch, frames, height, width, 3]."""
+        from . import api
+        return api.generate(self, prompt, frames, height, width, batch, region, _generation(config, order, options))
+
+    def outpaint(self, image, left=0, right=0, top=0, bottom=0, prompt=None, order=None, batch=1, paste=True,
+                 config=None, **options):
+        """Extend `image` (PIL, path, uint8 [H, W, 3] or tensor [3, H, W]) by the given number of pixels
+        on each side; its own tokens stay unchanged (paste=True also keeps its exact pixels). Default
+        order: away from the image (one side), else "outward" from it."""
+        from . import api
+        return api.outpaint(self, image, left, right, top, bottom, prompt, batch, paste,
+                            _generation(config, order, options))
+
+    def animate(self, image, frames=8, prompt=None, order=None, batch=1, paste=True, config=None, **options):
+        """Image animation: frame 0 is `image` (its tokens stay unchanged), later frames are generated."""
+        from . import api
+        return api.animate(self, image, frames, prompt, batch, paste, _generation(config, order, options))
+
+
+def _generation(config, order, options):
+    from .generation import GenerationConfig
+    if order is not None:
+        options["order"] = order
+    return GenerationConfig.of(config, **options)

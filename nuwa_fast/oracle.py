@@ -34,7 +34,7 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), *
     kv = {}                                                   # (t, y, x) -> [(k, v) per layer], [Bt, H, P, D]
     out = torch.zeros(B, T, Hg * p, Wg * p, dtype=torch.long, device=dev)
     sample_ids = torch.arange(B, device=dev)
-    stats = Stats(patches=len(spec.order), tokens=T * Hg * Wg * P, backend="oracle")
+    stats = Stats(patches=len(spec.order), tokens=T * Hg * Wg * P, backend="oracle", attention="oracle")
 
     for i, (t, y, x) in enumerate(spec.order):
         ctx = []                                              # brute force: (patch, trained bias row)

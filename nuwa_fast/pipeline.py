@@ -1,4 +1,4 @@
-"""A diffusers-shaped pipeline beside the task methods of nuwa_fast.api.
+"""A diffusers-shaped pipeline beside the task methods of NuwaModel.
 
     import torch, nuwa_fast
     pipe = nuwa_fast.Pipeline.from_pretrained("tiny", torch_dtype=torch.float32, device="cpu")
@@ -15,7 +15,7 @@ Every call runs the same engine as model.generate_image & co. (the same tokens f
 Randomness: `seed=` is the task methods' seed; `generator=` draws one 31-bit seed from the
 generator (so repeated calls with one generator differ, as in diffusers); neither draws one from
 torch's global generator (reproducible after torch.manual_seed). The seed used is in `out.seed` and
-`out.stats.extra["seed"]`. Every image of a call gets its own noise: the sampler keys it by
+`out.stats.seed`. Every image of a call gets its own noise: the sampler keys it by
 (seed, sample index).
 """
 from __future__ import annotations

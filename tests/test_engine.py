@@ -61,7 +61,7 @@ def test_samples_differ_and_seed_matters(model):
 def test_outpaint_keeps_given_tokens(model):
     img = rgb(16, 12, seed=5)
     r = model.outpaint(img, left=7, top=4, right=3, seed=2)
-    from nuwa_fast.api import _encode_pixels
+    from nuwa_fast.images import encode_pixels as _encode_pixels
     toks = _encode_pixels(model, img)                                  # [4, 3] tokens at f=4
     tt, lt = 1, 2                                                      # ceil(4/4), ceil(7/4)
     assert torch.equal(r.tokens[0, 0, tt:tt + 4, lt:lt + 3], torch.as_tensor(toks))
@@ -72,7 +72,7 @@ def test_outpaint_keeps_given_tokens(model):
 def test_animate_keeps_first_frame(model):
     img = rgb(12, 16, seed=6)
     r = model.animate(img, frames=3, seed=1)
-    from nuwa_fast.api import _encode_pixels
+    from nuwa_fast.images import encode_pixels as _encode_pixels
     assert torch.equal(r.tokens[0, 0, :3, :4], torch.as_tensor(_encode_pixels(model, img)))
     assert r.pixels.shape == (1, 3, 12, 16, 3)
     assert not torch.equal(r.tokens[0, 1], r.tokens[0, 0])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nuwa_fast import api, engine, output
+from nuwa_fast import engine, images, output
 from nuwa_fast.checkpoint import save_checkpoint
 from nuwa_fast.errors import BadArgument
 from models import small_config, small_model
@@ -179,7 +179,7 @@ def test_full_disk_while_writing_leaves_nothing(ckpt, tmp_path, capsys, monkeypa
         with open(path, "wb") as fh:
             fh.write(b"\0" * 10)
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(api, "_write", full)
+    monkeypatch.setattr(images, "_write", full)
     code, err = run_cli(["generate", "-c", ckpt, "--width", "8", "--height", "8", "-q", "-o",
                          str(tmp_path / "o.png")], capsys)
     assert code == 5 and "no space left on the device; nothing was written" in err, err
@@ -303,14 +303,14 @@ def test_existing_outputs_are_kept_unless_overwrite(ckpt, tmp_path, capsys, no_w
 
 
 def test_interrupted_batch_save_writes_nothing(ckpt, tmp_path, capsys, monkeypatch):
-    real, n = api._write, [0]
+    real, n = images._write, [0]
 
     def third_interrupted(arr, path, ext, fps):
         n[0] += 1
         if n[0] == 3:
             raise KeyboardInterrupt
         real(arr, path, ext, fps)
-    monkeypatch.setattr(api, "_write", third_interrupted)
+    monkeypatch.setattr(images, "_write", third_interrupted)
     code, err = run_cli(["generate", "-c", ckpt, "--width", "8", "--height", "8", "--batch", "3", "-q", "-o",
                          str(tmp_path / "o.png")], capsys)
     assert code == 130 and "interrupted: nothing was written" in err

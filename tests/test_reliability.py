@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nuwa_fast import api, engine
+from nuwa_fast import api, engine, images
 from nuwa_fast.ncp import PoolTooLarge
 from models import small_model
 
@@ -38,7 +38,7 @@ def test_interrupted_save_leaves_nothing(model, tmp_path, monkeypatch):
     r = model.generate_image(None, height=12, width=12)
     def boom(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(api, "_write", boom)
+    monkeypatch.setattr(images, "_write", boom)
     with pytest.raises(KeyboardInterrupt):
         r.save(str(tmp_path / "x.png"))
     assert os.listdir(tmp_path) == []
@@ -216,7 +216,7 @@ def test_huge_image_encodes_in_bounded_memory(model, monkeypatch):
         return torch.full((1, x.shape[2] // f, x.shape[3] // f), len(seen) % 48, dtype=torch.long)
     monkeypatch.setattr(model.vq, "encode", fake_encode)
     tracemalloc.start()
-    toks = api._encode_pixels(model, img)
+    toks = images.encode_pixels(model, img)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     h, w = -(-HUGE // f), -(-(HUGE - 1) // f)
@@ -232,7 +232,7 @@ def test_huge_outpaint_refused_before_encoding(monkeypatch):
     """A pool that cannot fit is reported before the 20k x 20k image is encoded."""
     m = small_model(patch=16)                               # 64 px patches: a 313 x 314 patch grid
     monkeypatch.setenv("NUWA_FAST_MAX_POOL_BYTES", str(256 * 1024))
-    monkeypatch.setattr(api, "_encode_pixels", lambda *a, **k: pytest.fail("encoded before the pool check"))
+    monkeypatch.setattr(api, "encode_pixels", lambda *a, **k: pytest.fail("encoded before the pool check"))
     img = np.zeros((HUGE, HUGE, 3), dtype=np.uint8)
     with pytest.raises(PoolTooLarge, match=r"needs \d+ pages x 1 samples"):
         m.outpaint(img, right=64)
@@ -245,7 +245,7 @@ def test_strip_decode_equals_whole_decode(model):
     toks = torch.randint(0, model.cfg.vq.codebook_size, (2, 2, 37, 29), generator=g)
     f = model.cfg.vq.f
     H, W, oy, ox = 37 * f - 7, 29 * f - 6, 3, 5
-    got = api._decode(model, toks, 2, 37, 29, H, W, oy, ox, strip=8)
+    got = images.decode_tokens(model, toks, 2, 37, 29, H, W, oy, ox, strip=8)
     for t in range(2):
         px = model.vq.decode(toks[:, t])
         want = ((px.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()

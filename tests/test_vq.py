@@ -163,7 +163,7 @@ def test_tiled_encode_equals_full_encode():
     import sys, os
     sys.path.insert(0, os.path.dirname(__file__))
     from models import small_model
-    from nuwa_fast.api import _encode_pixels
+    from nuwa_fast.images import encode_pixels as _encode_pixels
     m = small_model()
     img = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)
     full = _encode_pixels(m, img, tile=10_000)
