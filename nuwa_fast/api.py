@@ -127,7 +127,7 @@ def _known_canvas(grid, p):
 def generate(model, prompt, frames, height, width, batch, region, gc: GenerationConfig) -> Result:
     """Images (frames=1: pixels [B, H, W, 3]) and videos ([B, T, H, W, 3]) from a prompt, or none."""
     H, W, T = _size("height", height), _size("width", width), _size("frames", frames)
-    order = gc.order or "down"
+    order = "down" if gc.order is None else gc.order
     f = model.cfg.vq.f
     h, w = -(-H // f), -(-W // f)
     grid = _grid(model, T, h, w)
@@ -189,7 +189,7 @@ def animate(model, image, frames, prompt, batch, paste, gc: GenerationConfig) ->
     """Image animation: frame 0 is `image` (its tokens stay unchanged), later frames are generated."""
     img = to_rgb_array(image)
     T = _size("frames", frames, minimum=2)
-    order = gc.order or "down"
+    order = "down" if gc.order is None else gc.order
     f, p = model.cfg.vq.f, model.cfg.patch
     H, W = img.shape[:2]
     if H < f or W < f:

@@ -54,6 +54,9 @@ class GenerationConfig:
             set_(self, "extent", check_extent_arg(self.extent))
         if self.on_patch is not None and not callable(self.on_patch):
             raise TypeError(f"on_patch must be a callable taking a PatchEvent, got {type(self.on_patch).__name__}")
+        if self.backend is not None and (not isinstance(self.backend, str) or not self.backend):
+            raise ValueError(f"backend must be the name of a backend (ops.available_backends()) or None "
+                             f"(the default), got {self.backend!r}")
         if self.order is not None and not isinstance(self.order, str):
             raise TypeError(f"order must be the name of an order (adc.ORDERS), got {self.order!r}")
         for name in ("progress", "compile_step", "oracle"):

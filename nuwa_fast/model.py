@@ -1,4 +1,4 @@
-"""The NUWA-Infinity vision decoder (the reference semantics of DESIGN.md) and the full model.
+"""The NUWA-Infinity vision decoder (the reference semantics of docs/design-notes.md) and the full model.
 
 A patch is P+1 rows: row 0 is a learned start embedding, row s >= 1 embeds token s-1 plus an axial
 within-patch position. Row s predicts token s. Each layer: self-attention over null + context pages

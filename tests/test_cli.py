@@ -82,6 +82,18 @@ def test_bad_arguments(ckpt, tmp_path, args, match, code, capsys):
 
 
 def test_info(ckpt, capsys):
+    import json
+
+    import nuwa_fast
+    from nuwa_fast import ops
     from nuwa_fast.cli import main
     assert main(["info", "-c", ckpt]) == 0
-    assert '"backends"' in capsys.readouterr().out
+    info = json.loads(capsys.readouterr().out)
+    model = nuwa_fast.load(ckpt)
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["config"] == json.loads(model.cfg.to_json()) and info["nuwa_fast"] == nuwa_fast.__version__
+    assert info["backends"] == ops.available_backends() and "torch" in info["backends"]
+    for b in ("torch", "triton", "cuda"):                 # each backend: available, or absent with its reason
+        status = info["backend_status"][b]
+        assert status.startswith("available") == (b in info["backends"]), (b, status)
+        assert status.startswith("available") or len(status) > len("absent: "), (b, status)
