@@ -39,6 +39,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from nuwa_fast import adc  # noqa: E402
 from nuwa_fast.config import PRESETS  # noqa: E402
 from nuwa_fast.ops import reference as ref  # noqa: E402
 
@@ -48,8 +49,7 @@ EXTENT_IMAGE = (0, 2, 2)                                                  # C = 
 # ---- inputs -----------------------------------------------------------------------------------------
 def make_inputs(cfg, B, M, q_start, dtype, device, layers=2, seed=0):
     P, H, D = cfg.P, cfg.heads, cfg.head_dim
-    et, eh, ew = EXTENT_IMAGE
-    C = (et + 1) * (2 * eh + 1) * (2 * ew + 1)
+    C = adc.num_offsets(EXTENT_IMAGE)
     filled = C // 2                                   # "down" interior: slots before the centre offset
     G = filled + 2                                    # logical pages: context + own + one spare
     g = torch.Generator().manual_seed(seed)

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nuwa_fast import adc
+
 
 @triton.jit
 def _select_kernel(PI, CUR, OUT, T, Hg, Wg, et, eh, ew, batch, C, stride_ob, stride_oc,
@@ -75,7 +77,7 @@ def ncp_select(page_index, cur, grid, extent, batch, out=None):
     """Triton backend of `nuwa_fast.ops.reference.ncp_select`: returns [batch, C] int32."""
     T, Hg, Wg = (int(g) for g in grid)
     et, eh, ew = (int(e) for e in extent)
-    C = (et + 1) * (2 * eh + 1) * (2 * ew + 1)
+    C = adc.num_offsets((et, eh, ew))
     if out is None:
         out = torch.empty((batch, C), device=page_index.device, dtype=torch.int32)
     assert tuple(out.shape) == (batch, C), f"out {tuple(out.shape)} != (batch={batch}, C={C})"

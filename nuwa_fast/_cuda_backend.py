@@ -17,6 +17,7 @@ import warnings
 import torch
 
 from nuwa_fast import _C  # ImportError when the csrc module is not built
+from nuwa_fast import adc
 
 if not torch.cuda.is_available():
     raise ImportError("the cuda backend needs a CUDA device")
@@ -189,7 +190,7 @@ def ncp_select(page_index, cur, grid, extent, batch, out=None):
     """See nuwa_fast.ops.reference.ncp_select."""
     T, Hg, Wg = (int(x) for x in grid)
     et, eh, ew = (int(x) for x in extent)
-    C = (et + 1) * (2 * eh + 1) * (2 * ew + 1)
+    C = adc.num_offsets((et, eh, ew))
     dev = page_index.device
     _table("page_index", page_index, dev)
     _check_device("cur", cur, dev)

@@ -85,6 +85,7 @@ def directions(name: str | Sequence[str], grid) -> list[int]:
 
 
 def num_offsets(extent) -> int:
+    """R = (e_t+1)(2e_h+1)(2e_w+1): the offsets of an extent = NCP slots = rows of its ADC bias table."""
     et, eh, ew = extent
     return (et + 1) * (2 * eh + 1) * (2 * ew + 1)
 
@@ -102,6 +103,19 @@ def offsets(extent) -> list[tuple[int, int, int]]:
     """All offsets in rel_index order."""
     et, eh, ew = extent
     return [(dt, dy, dx) for dt in range(-et, 1) for dy in range(-eh, eh + 1) for dx in range(-ew, ew + 1)]
+
+
+def context(step_of: dict, i: int, patch, extent) -> list[tuple[int, tuple]]:
+    """NCP select(i) from the definition: [(slot, j)] in slot (rel_index) order, for every offset d of
+    the extent whose patch j = patch + d is visited before step i. step_of: patch (t, y, x) -> its
+    step in the order."""
+    t, y, x = patch
+    out = []
+    for c, (dt, dy, dx) in enumerate(offsets(extent)):
+        j = (t + dt, y + dy, x + dx)
+        if step_of.get(j, i) < i:
+            out.append((c, j))
+    return out
 
 
 def bias_rows(extent, trained_extent) -> list[int]:

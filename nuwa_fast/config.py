@@ -107,8 +107,8 @@ class NuwaConfig:
 
     @property
     def R(self) -> int:             # number of relative offsets = ADC bias rows = NCP slots
-        et, eh, ew = self.extent
-        return (et + 1) * (2 * eh + 1) * (2 * ew + 1)
+        from .adc import num_offsets
+        return num_offsets(self.extent)
 
     @property
     def patch_pixels(self) -> int:

@@ -88,18 +88,14 @@ def plan(order, extent, grid=None, schedule: str = "sequential", max_lanes: int 
     T, H, W = grid
     if len(set(order)) != len(order) or len(order) != T * H * W:
         raise ValueError("order must visit every patch of the grid exactly once")
-    offs = adc.offsets(extent)
+    C = adc.num_offsets(extent)
     step_of = {p: i for i, p in enumerate(order)}
     slots = []
     order_of_linear = {linear(p, grid): p for p in order}
-    for i, (t, y, x) in enumerate(order):
-        row = []
-        for dt, dy, dx in offs:
-            j = (t + dt, y + dy, x + dx)
-            if j in step_of and step_of[j] < i:
-                row.append(linear(j, grid))
-            else:
-                row.append(-1)
+    for i, patch in enumerate(order):
+        row = [-1] * C
+        for c, j in adc.context(step_of, i, patch, extent):
+            row[c] = linear(j, grid)
         slots.append(row)
     if schedule == "sequential":
         waves = [[i] for i in range(len(order))]

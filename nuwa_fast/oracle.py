@@ -1,9 +1,10 @@
 """The deliberately naive generator: the test oracle of the engine.
 
-It shares nothing with the engine's fast path but the model weights and the sampler: no plan, no
-pool, no page tables, no ops. The context of every patch is selected by brute force from the
-definition (every earlier patch of the order within the extent), every patch's keys/values are
-kept forever, and for every row the whole patch is recomputed from row 0 with dense attention.
+It shares nothing with the engine's fast path but the model's layers, the sampler and the
+definition of the context (adc.context: every earlier patch of the order within the extent, which
+ncp.plan also tabulates; the engine selects on the device with ops.ncp_select): no plan, no pool,
+no page tables, no ops. Every patch's keys/values are kept forever, and for every row the whole
+patch is recomputed from row 0 with dense attention.
 """
 from __future__ import annotations
 
@@ -31,17 +32,14 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling: Sampling = Sampling(), *
     t0 = time.perf_counter()
     text = model.encode_text(list(spec.prompts) + ([""] * B if guided else []))
     step_of = {tuple(o): i for i, o in enumerate(spec.order)}
+    rows = adc.bias_rows(extent, cfg.extent)                   # inference slot -> trained bias row
     kv = {}                                                   # (t, y, x) -> [(k, v) per layer], [Bt, H, P, D]
     out = torch.zeros(B, T, Hg * p, Wg * p, dtype=torch.long, device=dev)
     sample_ids = torch.arange(B, device=dev)
     stats = Stats(patches=len(spec.order), tokens=T * Hg * Wg * P, backend="oracle", attention="oracle")
 
     for i, (t, y, x) in enumerate(spec.order):
-        ctx = []                                              # brute force: (patch, trained bias row)
-        for d in adc.offsets(extent):
-            j = (t + d[0], y + d[1], x + d[2])
-            if j in step_of and step_of[j] < i:
-                ctx.append((j, adc.rel_index(d, cfg.extent)))
+        ctx = [(j, rows[c]) for c, j in adc.context(step_of, i, (t, y, x), extent)]   # (patch, trained bias row)
         own_row = adc.rel_index((0, 0, 0), cfg.extent)
         captured = {}
 

@@ -154,13 +154,10 @@ def sequential_logits(dec, chain, order, extent, text, where=None):
     context pages (brute-force selection from the definition). chain [B, N, P] -> [B, N, P, V]."""
     B, N = chain.shape[:2]
     step_of = {tuple(o): i for i, o in enumerate(order)}
+    rows = adc.bias_rows(extent, dec.cfg.extent)                                # inference slot -> trained row
     pages, outs = {}, []
     for i, (t, y, x) in enumerate(order):
-        ctx = []
-        for d in adc.offsets(extent):
-            j = (t + d[0], y + d[1], x + d[2])
-            if j in step_of and step_of[j] < i:
-                ctx.append((pages[j], adc.rel_index(d, dec.cfg.extent)))
+        ctx = [(pages[j], rows[c]) for c, j in adc.context(step_of, i, (t, y, x), extent)]
         lg, pages[(t, y, x)] = patch_forward(dec, chain[:, i], ctx, text, where=where_step(where, B, N, i))
         outs.append(lg)
     return torch.stack(outs, 1)
