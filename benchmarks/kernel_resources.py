@@ -64,8 +64,8 @@ def _load_kernels():
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_resources: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
     sys.path.insert(0, str(ROOT))
-    from nuwa_fast.ops import _import_kernels
-    _import_kernels()
+    from nuwa_fast.ops import import_kernels
+    import_kernels()
     import importlib
     return {name: importlib.import_module(f"nuwa_fast.kernels.{name}")
             for name in ("patch_attention", "adc_gather", "ncp")}

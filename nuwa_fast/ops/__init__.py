@@ -53,9 +53,10 @@ register_backend("torch", reference)
 
 
 
-def _import_kernels():
+def import_kernels():
     """`nuwa_fast.kernels`: the installed package (setup.py maps kernels/ to it), else the source tree's
-    kernels/ beside nuwa_fast/, so a checkout on PYTHONPATH gets the triton backend without an install."""
+    kernels/ beside nuwa_fast/, so a checkout on PYTHONPATH gets the triton backend without an install.
+    The one way kernels/ is imported: by the registry, the tests and the benchmarks alike."""
     try:
         return importlib.import_module("nuwa_fast.kernels")
     except ModuleNotFoundError as e:
@@ -77,7 +78,7 @@ def _import_kernels():
 
 
 def _register_triton():
-    _import_kernels().register_triton_backend(register)
+    import_kernels().register_triton_backend(register)
 
 
 def _register_cuda():
