@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NuwaConfig
-from .layers import NCPAttention, apply_rope, dense_attention  # noqa: F401  (public here too)
+from .layers import NCPAttention
 
 LAYOUT_KNOTS = 9
 DIRECTIONS = ("down", "right", "up", "left", "outward")      # adc.ORDERS: the layout's direction ids

@@ -14,7 +14,8 @@ import torch
 
 from . import adc
 from .engine import Stats, TaskSpec, check_extent, patch_known, validate_spec
-from .model import Where, dense_attention
+from .layers import dense_attention
+from .model import Where
 from .sampling import Sampling, guide, sample
 
 

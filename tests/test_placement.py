@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nuwa_fast import adc
-from nuwa_fast.model import Where, apply_rope, rope_tables
+from nuwa_fast.layers import apply_rope
+from nuwa_fast.model import Where, rope_tables
 from nuwa_fast.train import chain as chainlib
 from models import small_model
 

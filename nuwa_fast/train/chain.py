@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import adc, ncp
-from ..model import Where, dense_attention
+from ..layers import dense_attention
+from ..model import Where
 
 
 def to_chain(tokens, order, p: int):
