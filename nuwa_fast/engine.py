@@ -222,7 +222,7 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
     dev = model.device
     extent = check_extent(model, spec.extent)
     backend = ops.resolve_backend(backend, dev)
-    attention = attention or ("gathered" if backend == "torch" else "paged")
+    attention = attention or ops.default_attention(backend)
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     n_all = len(spec.order)
@@ -265,8 +265,8 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
                   per step, the reference). Same tokens either way.
     max_lanes     most patches decoded at once (waves); default: the widest wave that fits in half
                   of the memory a pool may use.
-    attention     "paged" | "gathered" | "sdpa" | "flex" (module docstring). Default: gathered for
-                  the torch backend, paged otherwise.
+    attention     "paged" | "gathered" | "sdpa" | "flex" (module docstring). Default: the backend's
+                  (ops.default_attention: gathered for the torch reference, paged for the kernels).
     cuda_graphs   capture the per-row decode step and the prefill once per lane-count bucket and
                   replay them (default: True on CUDA; ignored on a CPU).
     compile_step  run the per-row step (and the prefill) through torch.compile (default off: on a

@@ -74,3 +74,14 @@ def test_compiled_paged_decode_step_fullgraph_equals_eager(model):
         g.scheduler.run()
     assert torch.equal(g.sh.out, ref)
     dynamo.reset()
+
+
+def test_default_attention_is_the_backends_declaration(model):
+    """The engine asks the registry which mode a backend runs best (no backend name in the engine)."""
+    assert ops.default_attention("torch") == "gathered"
+    ops.register_backend("toy", toy_backend)
+    assert ops.default_attention("toy") == "paged"               # no ATTENTION: the fused op on the pool
+    for b in ("triton", "cuda"):
+        if b in ops.available_backends():
+            assert ops.default_attention(b) == "paged"
+    assert engine.run(model, spec(), seed=1)[1].attention == "gathered"

@@ -31,6 +31,7 @@ OPS = ("patch_attention", "adc_gather", "ncp_select", "ncp_add", "ncp_remove")
 _REGISTRY: dict[str, dict[str, object]] = {op: {} for op in OPS}
 _LOADED = False
 _ABSENT: dict[str, str] = {}          # backend -> why it is not registered
+_ATTENTION: dict[str, str] = {}       # backend -> the engine's default attention mode with it
 
 
 def register(backend: str, op: str, fn) -> None:
@@ -42,11 +43,18 @@ def register(backend: str, op: str, fn) -> None:
 def register_backend(backend: str, module) -> list[str]:
     """Register every op that `module` defines (functions named as in OPS, the signatures of
     nuwa_fast.ops.reference) as backend `backend`; returns the ops registered. A backend the engine
-    can run needs all of OPS."""
+    can run needs all of OPS. The module's ATTENTION (default "paged": its fused patch_attention on
+    the pool) is the engine's default attention mode with this backend."""
     done = [op for op in OPS if callable(getattr(module, op, None))]
     for op in done:
         register(backend, op, getattr(module, op))
+    _ATTENTION[backend] = getattr(module, "ATTENTION", "paged")
     return done
+
+
+def default_attention(backend: str) -> str:
+    """The engine's attention mode when none is asked for: what the backend declared it runs best."""
+    return _ATTENTION.get(backend, "paged")
 
 
 register_backend("torch", reference)

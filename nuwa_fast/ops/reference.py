@@ -23,6 +23,10 @@ import torch
 
 NEG_INF = float("-inf")
 
+# The engine's default with this backend: patch_attention here is a reference (fp32 gathers of every
+# slot's page per call), while "gathered" copies the context once per patch and runs dense matmuls.
+ATTENTION = "gathered"
+
 
 def patch_attention(q, k_cache, v_cache, page_table, own_page, q_start, bias, own_rel, null_k, null_v,
                     scale):
