@@ -25,6 +25,9 @@ Attention modes (where a row's self-attention reads its context):
   "flex"      the same buffer in page-aligned blocks + torch.nn.attention.flex_attention with a
               block mask and a score_mod reading the ADC bias (compiled on CUDA, eager on a CPU).
 "sdpa" and "flex" are what a PyTorch user would write instead; the benchmarks compare them.
+Every mode runs the model's own layers; a mode is only the `kv` source of their NCPAttention
+(layers.PagedKV for "paged"; gathered.GatheredKV with a kernel strategy of gathered.kernels() for
+the other three), picked once in prepare().
 """
 from __future__ import annotations
 
@@ -330,7 +333,7 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
     stats.pool_bytes = sh.pool.nbytes
     stats.pages_left, stats.plan_peak_pages = sh.pool.in_use(), sh.plan.peak_pages
     stats.attention, stats.cuda_graphs = g.attention, g.graphs
-    stats.compiled = bool(compile_step and g.attention != "paged")
+    stats.compiled = g.step.compiled
     stats.staging_bytes, stats.capture_seconds = g.step.staging_bytes, g.capture_seconds
     stats.patches_total, stats.max_lanes = len(spec.order), sh.K
     if patch_times:

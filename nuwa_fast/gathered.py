@@ -1,7 +1,7 @@
 """The static step: context gathered once per patch, one fixed-shape function for every row.
 
 Attention modes "gathered", "sdpa" and "flex" share the buffers and the model's own layers; they
-differ only in the kernel that reads the buffer, a small strategy object chosen once (KERNELS):
+differ only in the kernel that reads the buffer, a small strategy object chosen once (kernels()):
 
   MatmulKernel  matmul -> fp32 softmax -> matmul over the buffer with an additive bias ("gathered")
   SdpaKernel    F.scaled_dot_product_attention with the same bias as a float mask ("sdpa")
@@ -125,6 +125,7 @@ class StaticStep:
         self.row_kv, self.prefill_kv = GatheredKV(self, decode=True), GatheredKV(self, decode=False)
         self.prefill_mask = None
         self.kernel.setup(self)
+        self.compiled = bool(compile_step)
         if compile_step:               # automatic dynamic: one recompile per new shape or seed, then general
             self._row = torch.compile(self._row)
             self._prefill = torch.compile(self._prefill)

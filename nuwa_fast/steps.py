@@ -167,6 +167,7 @@ class Shared:
 class PagedStep:
     """Every row: the decoder's layers with layers.PagedKV, the pool read by ops.patch_attention."""
     per_row = True
+    compiled = False                   # the paged step runs eagerly (or as CUDA graphs)
 
     def __init__(self, sh: Shared):
         self.sh = sh
