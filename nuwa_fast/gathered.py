@@ -119,8 +119,6 @@ class StaticStep:
         vis = torch.arange(P, device=dev)[None, :] < torch.arange(P + 1, device=dev)[:, None]
         self.causal = torch.zeros(P + 1, P, device=dev).masked_fill(~vis, NEG_INF)      # [P+1, P] row s: keys < s
         self.pos = dec.positions()                                                     # [P, W]
-        if dev.type == "cpu":
-            column_major_wide_weights(dec)
         self.staging_bytes = 2 * L * self.kv[0][0].numel() * self.kv[0][0].element_size() + self.kbias.numel() * 4
         self.row_kv, self.prefill_kv = GatheredKV(self, decode=True), GatheredKV(self, decode=False)
         self.prefill_mask = None
@@ -209,15 +207,3 @@ class StaticStep:
         for layer in dec.layers:
             x = layer(x, self.prefill_kv, 1, text, rope)
 
-
-def column_major_wide_weights(dec):
-    """Store the weight [out, in] of every decoder linear wider than tall (qkv, fc1, the head) as the
-    transpose of a contiguous [in, out] tensor: the same values, so the model computes the same
-    thing, but F.linear then multiplies x @ Wt without a transposed operand. On the CPU (MKL, one
-    thread) a one-row product against a wide weight runs about 3x faster so (1024x256 fp32, weights
-    not in cache: 33 vs 108 us); square and narrow weights gain nothing and keep their layout."""
-    mods = [dec.head] + [m for layer in dec.layers for m in (layer.attn.qkv, layer.mlp[0])]
-    for m in mods:
-        w = m.weight
-        if m.out_features > m.in_features and w.is_contiguous():
-            m.weight.data = w.data.t().contiguous().t()                                # strides (1, out)
