@@ -107,7 +107,7 @@ setup(
     ],
     python_requires=">=3.10",
     packages=find_packages(include=["nuwa_fast", "nuwa_fast.*"]) + ["nuwa_fast.kernels"],
-    package_dir={"nuwa_fast.kernels": "kernels"},
+    package_dir={"nuwa_fast.kernels": "kernels/triton"},
     package_data={"nuwa_fast": ["weights/*.safetensors", "weights/*.json"]},
     ext_modules=_cuda_extensions(),
     cmdclass={"build_ext": CMakeBuild},

@@ -60,7 +60,7 @@ _UNIT = {"stride_qd", "stride_kd", "stride_vd", "stride_od", "stride_nkd", "stri
 
 
 def _load_kernels():
-    """kernels/*.py as `nuwa_fast.kernels.*` modules, from the source tree (no install needed)."""
+    """kernels/triton/*.py as `nuwa_fast.kernels.*` modules, from the source tree (no install needed)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_resources: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)")
     sys.path.insert(0, str(ROOT))

@@ -3,9 +3,9 @@
 Without a CUDA device the Triton kernels run in the interpreter: TRITON_INTERPRET=1 must be set before
 any @triton.jit decorator runs, i.e. before anything imports nuwa_fast.kernels, so it is set here, at
 conftest import time. The repository root goes on sys.path so `import nuwa_fast` works without an
-install; `nuwa_fast.kernels` (the top-level kernels/ folder, mapped by setup.py's package_dir) is
+install; `nuwa_fast.kernels` (the top-level kernels/triton/ folder, mapped by setup.py's package_dir) is
 imported as the package imports it, through ops.import_kernels (the installed package, else the
-source tree's kernels/), when Triton is present. On a GPU the Triton patch attention runs one
+source tree's kernels/triton/), when Triton is present. On a GPU the Triton patch attention runs one
 fixed config per launch (NUWA_FAST_TRITON_AUTOTUNE=0): the benchmarks autotune, the tests check.
 """
 import importlib.util

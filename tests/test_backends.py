@@ -1,5 +1,5 @@
 """The ops registry: an absent backend is recorded with its reason, and `nuwa_fast.kernels` (the
-triton backend) resolves from the source tree's kernels/ when the package is not installed."""
+triton backend) resolves from the source tree's kernels/triton/ when the package is not installed."""
 import json
 import os
 import subprocess
@@ -46,5 +46,5 @@ def test_kernels_resolve_from_the_source_tree():
     print(p.stdout, p.stderr[-2000:])
     assert p.returncode == 0
     got = json.loads(p.stdout.strip().splitlines()[-1])
-    assert Path(got["file"]).resolve() == ROOT / "kernels" / "__init__.py"
+    assert Path(got["file"]).resolve() == ROOT / "kernels" / "triton" / "__init__.py"
     assert "triton" in got["backends"] and "triton" not in got["absent"]

@@ -71,7 +71,7 @@ def test_no_autotune_config_spills(resources):
 
 
 def test_the_spill_table_is_measured(resources):
-    """Every config kernels/patch_attention.py's SPILLS prunes was measured to spill (on sm_80 or sm_90)."""
+    """Every config kernels/triton/patch_attention.py's SPILLS prunes was measured to spill (on sm_80 or sm_90)."""
     from nuwa_fast.kernels import patch_attention as pa
     spilled = {(r["mode"], r["dtype"] == "fp32", max(16, 1 << (r["head_dim"] - 1).bit_length()), r["BLOCK_M"],
                 r["BLOCK_N"], r["num_warps"], r["num_stages"])

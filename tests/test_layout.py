@@ -47,3 +47,19 @@ def test_the_package_holds_no_harness():
     for path in _sources("nuwa_fast"):
         src = open(path, encoding="utf-8").read()
         assert not re.search(r"dirname\(.*__file__.*\).*\n.*(results|out)\b", src), path
+
+
+def test_checkout_shadows_no_installed_package():
+    """kernels/ at the top of the checkout is not a regular package: started from the checkout
+    (`python -m nuwa_fast`, `python -m pytest`), `import kernels` must reach Hugging Face's `kernels`
+    (which transformers imports), or nothing, never our Triton files."""
+    import subprocess
+    import sys
+    code = ("import importlib.util as u; s = u.find_spec('kernels'); "
+            "print(s.origin if s is not None and s.origin else '')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    ours = os.path.join(ROOT, "kernels")
+    assert not (out and os.path.realpath(out).startswith(os.path.realpath(ours) + os.sep)), \
+        f"`import kernels` from the checkout resolves to {out}"
+    assert not os.path.exists(os.path.join(ours, "__init__.py"))

@@ -62,15 +62,18 @@ register_backend("torch", reference)
 
 
 def import_kernels():
-    """`nuwa_fast.kernels`: the installed package (setup.py maps kernels/ to it), else the source tree's
-    kernels/ beside nuwa_fast/, so a checkout on PYTHONPATH gets the triton backend without an install.
-    The one way kernels/ is imported: by the registry, the tests and the benchmarks alike."""
+    """`nuwa_fast.kernels`: the installed package (setup.py maps kernels/triton/ to it), else the source
+    tree's kernels/triton/ beside nuwa_fast/, so a checkout on PYTHONPATH gets the triton backend
+    without an install. The one way the Triton kernels are imported: by the registry, the tests and
+    the benchmarks alike. kernels/ itself has no __init__.py: a regular package named `kernels` at the
+    top of a checkout would shadow Hugging Face's `kernels` (a dependency of transformers) for any
+    process started there."""
     try:
         return importlib.import_module("nuwa_fast.kernels")
     except ModuleNotFoundError as e:
         if e.name != "nuwa_fast.kernels":
             raise
-    init = Path(__file__).resolve().parents[2] / "kernels" / "__init__.py"
+    init = Path(__file__).resolve().parents[2] / "kernels" / "triton" / "__init__.py"
     if not init.is_file():
         raise ModuleNotFoundError(f"nuwa_fast.kernels is not installed and {init} does not exist")
     spec = importlib.util.spec_from_file_location("nuwa_fast.kernels", init,
