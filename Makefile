@@ -24,7 +24,7 @@ $(VENV)/.installed: setup.py pyproject.toml
 
 demo: install
 	$(BIN)/nuwa-fast generate --prompt "$(PROMPT)" --width 1536 --height 256 --seed 0 \
-	    --order right --temperature 0.8 --top-k 50 $(if $(THREADS),--threads $(THREADS)) \
+	    $(if $(THREADS),--threads $(THREADS)) \
 	    -o $(OUT)/demo_panorama.png
 
 csrc:

@@ -6,7 +6,8 @@
   outpaint.png   a held-out render (outlined in white) extended by 128 px left and right
   animate.png    image animation: frame 0 is a held-out render, then generated frames
   video.png      text-to-video frames
-  panorama.png   (--panorama) a 4096 x 256 panorama, order "right"
+  panorama.png   (--panorama) a 4096 x 256 panorama
+Every picture uses the model's default sampling (GenerationConfig: the eval's best) and order.
 Writes gallery.json beside them: prompts, seeds, sampling, seconds per picture.
 """
 from __future__ import annotations
@@ -31,7 +32,6 @@ PROMPTS = ["snowy mountains above a pine forest and a lake at sunset",
            "green hills by the sea on a bright sunny day",
            "a dark pine forest below the peaks at dusk"]
 VIDEO_PROMPT = "green hills and a lake on a sunny day, clouds drift by"
-SAMPLING = dict(temperature=0.8, top_k=50)
 
 
 def strip(frames, gap=4):
@@ -56,7 +56,9 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     model = nuwa_fast.load(a.checkpoint)
-    log = {"checkpoint": a.checkpoint, "seed": a.seed, "sampling": SAMPLING, "pictures": {}}
+    d = nuwa_fast.GenerationConfig()
+    log = {"checkpoint": a.checkpoint, "seed": a.seed, "pictures": {},
+           "sampling": {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p, "guidance": d.guidance}}
 
     def timed(name, fn, **info):
         t0 = time.time()
@@ -66,27 +68,27 @@ def main(argv=None):
         print(f"{name}: {log['pictures'][name]['seconds']} s")
 
     timed("prompts", lambda: strip(np.stack([
-        model.generate_image(p, height=256, width=384, order="right", seed=a.seed, **SAMPLING).pixels[0]
-        for p in PROMPTS])), prompts=PROMPTS, size=[256, 384], order="right")
+        model.generate_image(p, height=256, width=384, seed=a.seed).pixels[0]
+        for p in PROMPTS])), prompts=PROMPTS, size=[256, 384])
 
     src = render_landscape(HELDOUT_SEED + 1, 256, 256)[0]
 
     def outpaint():
-        px = model.outpaint(src, left=128, right=128, seed=a.seed, **SAMPLING).pixels[0].copy()
+        px = model.outpaint(src, left=128, right=128, seed=a.seed).pixels[0].copy()
         img = Image.fromarray(px)
         ImageDraw.Draw(img).rectangle([128, 0, 128 + 255, 255], outline=(255, 255, 255), width=2)
         return np.asarray(img)
 
     timed("outpaint", outpaint, source="held-out render", left=128, right=128, order="outward")
-    timed("animate", lambda: strip(model.animate(src, frames=4, seed=a.seed, **SAMPLING).pixels[0]),
+    timed("animate", lambda: strip(model.animate(src, frames=4, seed=a.seed).pixels[0]),
           source="held-out render", frames=4)
     timed("video", lambda: strip(model.generate_video(VIDEO_PROMPT, frames=4, height=256, width=256,
-                                                      seed=a.seed, **SAMPLING).pixels[0]),
+                                                      seed=a.seed).pixels[0]),
           prompt=VIDEO_PROMPT, frames=4, size=[256, 256])
     if a.panorama:
-        timed("panorama", lambda: model.generate_image(PROMPTS[0], height=256, width=4096, order="right",
-                                                       seed=a.seed, **SAMPLING).pixels[0],
-              prompt=PROMPTS[0], size=[256, 4096], order="right")
+        timed("panorama", lambda: model.generate_image(PROMPTS[0], height=256, width=4096,
+                                                       seed=a.seed).pixels[0],
+              prompt=PROMPTS[0], size=[256, 4096])
     (out / "gallery.json").write_text(json.dumps(log, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -49,6 +49,8 @@ def _extent(v):
 
 
 def _common(sp, video=False, size=True):
+    from .generation import GenerationConfig
+    D = GenerationConfig()                                  # the one set of defaults (API, pipeline, CLI)
     sp.add_argument("--checkpoint", "-c", default="tiny", help="checkpoint path or preset (default: bundled tiny)")
     sp.add_argument("--prompt", "-p", default=None, help="text prompt (empty: unconditional)")
     if size:
@@ -60,10 +62,10 @@ def _common(sp, video=False, size=True):
     sp.add_argument("--order", default=None, help="down | right | up | left | outward")
     sp.add_argument("--seed", type=_seed, default=0, help="any whole number in [0, 2**64)")
     sp.add_argument("--batch", type=_int("--batch"), default=1, help="samples generated in lockstep")
-    sp.add_argument("--temperature", type=_float, default=1.0)
-    sp.add_argument("--top-k", type=_int("--top-k"), default=0)
-    sp.add_argument("--top-p", type=_float, default=1.0)
-    sp.add_argument("--guidance", type=_float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    sp.add_argument("--temperature", type=_float, default=D.temperature)
+    sp.add_argument("--top-k", type=_int("--top-k"), default=D.top_k, help="0 = off")
+    sp.add_argument("--top-p", type=_float, default=D.top_p)
+    sp.add_argument("--guidance", type=_float, default=D.guidance, help="classifier-free guidance scale (1 = off)")
     sp.add_argument("--extent", type=_extent, default=None, help="NCP extent e_t,e_h,e_w (<= the checkpoint's)")
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     sp.add_argument("--backend", default=None, help="torch | triton | cuda (default: best for the device)")

@@ -3,10 +3,10 @@
 Every task of NuwaModel (generate_image, generate_video, outpaint, animate) takes `config=` and the
 same options as keywords; a keyword overrides the config's field:
 
-    cfg = nuwa_fast.GenerationConfig(temperature=0.8, top_k=50, seed=3, order="right")
+    cfg = nuwa_fast.GenerationConfig(temperature=0.9, top_k=100, seed=3, order="right")
     model.generate_image("a lake at sunset", height=256, width=1536, config=cfg)
     model.generate_image("a lake at sunset", height=256, width=1536, config=cfg, seed=4)   # seed 4
-    model.generate_image("a lake at sunset", height=256, width=1536, temperature=0.8)      # no config
+    model.generate_image("a lake at sunset", height=256, width=1536, temperature=0.9)      # no config
 
 The CLI builds one from its flags (cli.generation_config).
 """

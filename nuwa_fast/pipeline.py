@@ -26,6 +26,9 @@ import numpy as np
 import torch
 
 from .engine import Stats
+from .generation import GenerationConfig
+
+D = GenerationConfig()     # the defaults of every task: the sampling the eval found best for the bundle
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 SEED_RANGE = 2 ** 31 - 1
@@ -126,12 +129,12 @@ class Pipeline:
     # ---- the calls ---------------------------------------------------------------------------------
     def __call__(self, prompt=None, height: int = 256, width: int = 256, frames: int = 1,
                  num_images_per_prompt: int = 1, generator=None, seed=None, output_type: str = "pil",
-                 order: str = "down", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 guidance_scale: float = 1.0, on_patch=None, **kwargs) -> PipelineOutput:
+                 order: str = "down", temperature: float = D.temperature, top_k: int = D.top_k, top_p: float = D.top_p,
+                 guidance_scale: float = D.guidance, on_patch=None, **kwargs) -> PipelineOutput:
         """Text-to-image (frames=1, output .images) or text-to-video (frames > 1, output .frames).
 
-        order: the patch order, "down" by default as for the task methods; "right" suits wide canvases
-        (the README's sampling tips).
+        order: the patch order, "down" by default as for the task methods (the bundle's eval: no
+        upside-down sample in 16 seeds, docs/model_card.md).
         Other keywords go to the task: extent, backend, attention, cuda_graphs, compile_step, region.
         """
         prompts = _expand_prompts(prompt, num_images_per_prompt)
@@ -144,7 +147,7 @@ class Pipeline:
 
     def outpaint(self, image, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0, prompt=None,
                  num_images_per_prompt: int = 1, generator=None, seed=None, output_type: str = "pil",
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance_scale: float = 1.0,
+                 temperature: float = D.temperature, top_k: int = D.top_k, top_p: float = D.top_p, guidance_scale: float = D.guidance,
                  on_patch=None, **kwargs) -> PipelineOutput:
         """Extend `image` (PIL, path, uint8 array) by the given pixels per side; output .images."""
         prompts = _expand_prompts(prompt, num_images_per_prompt)
@@ -153,8 +156,8 @@ class Pipeline:
                          top_p=top_p, guidance=guidance_scale, **kwargs)
 
     def animate(self, image, frames: int = 8, prompt=None, num_images_per_prompt: int = 1, generator=None,
-                seed=None, output_type: str = "pil", temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                guidance_scale: float = 1.0, on_patch=None, **kwargs) -> PipelineOutput:
+                seed=None, output_type: str = "pil", temperature: float = D.temperature, top_k: int = D.top_k, top_p: float = D.top_p,
+                guidance_scale: float = D.guidance, on_patch=None, **kwargs) -> PipelineOutput:
         """Animate `image` (it becomes frame 0); output .frames."""
         prompts = _expand_prompts(prompt, num_images_per_prompt)
         return self._run(self.model.animate, prompts, generator, seed, output_type, on_patch, image=image,

@@ -129,3 +129,18 @@ def test_bad_calls_are_explained(pipe, model):
         pipe("a lake", height=12, width=12, batch=2)
     with pytest.raises(ValueError, match="seed"):
         pipe("a lake", height=12, width=12, seed=-1)
+
+
+def test_defaults_have_one_source():
+    """The pipeline, the CLI and the task methods sample with GenerationConfig's defaults."""
+    import inspect
+
+    from nuwa_fast import GenerationConfig, Pipeline
+    from nuwa_fast.cli import build_parser
+    d = GenerationConfig()
+    for fn in (Pipeline.__call__, Pipeline.outpaint, Pipeline.animate):
+        sig = inspect.signature(fn).parameters
+        assert (sig["temperature"].default, sig["top_k"].default, sig["top_p"].default,
+                sig["guidance_scale"].default) == (d.temperature, d.top_k, d.top_p, d.guidance), fn.__name__
+    a = build_parser().parse_args(["generate", "-o", "x.png"])
+    assert (a.temperature, a.top_k, a.top_p, a.guidance) == (d.temperature, d.top_k, d.top_p, d.guidance)
