@@ -191,7 +191,7 @@ class VisionDecoder(nn.Module):
         if cfg.layout:
             f = where.vfrac.float().clamp(0, 1) * (LAYOUT_KNOTS - 1)                  # [B]
             i0 = f.floor().long().clamp(max=LAYOUT_KNOTS - 2)
-            w = (f - i0)[:, None]
+            w = (f - i0)[:, None].to(self.layout_y.dtype)                              # keep the weights' dtype
             add = (self.layout_y[i0] * (1 - w) + self.layout_y[i0 + 1] * w
                    + self.layout_dir[where.direction])[:, None]                         # [B, 1, W]
         rope = rope_tables(where.yx, cfg.patch, cfg.head_dim, cfg.rope_base) if cfg.rope else None

@@ -240,3 +240,18 @@ def test_patch_attention_lanes_equal_one_lane_at_a_time(backend):
             err = (out[r] - one).abs().max().item()
             print(backend, q_start, M, "lane", ln, "max err", err)
             assert err < 1e-5
+
+
+@pytest.mark.parametrize("attention", ["gathered", "paged"])
+def test_bf16_weights_on_cpu(placed, attention):
+    """bf16 weights with layout and rope: every activation stays bf16 (CPU layer_norm takes no mixed
+    dtypes), and waves give the sequential schedule's tokens."""
+    m = small_model(rope=True, layout=True, extent=(1, 2, 2)).to(torch.bfloat16)
+    from nuwa_fast.model import Where
+    assert m.decoder.place(Where.of((1, 2), 3, 0, 2)).add.dtype == torch.bfloat16
+    kw = dict(height=36, width=72, order="down", seed=3, attention=attention)
+    waves = m.generate_image("a lake", **kw)
+    seq = m.generate_image("a lake", schedule="sequential", **kw)
+    assert torch.equal(waves.tokens, seq.tokens)
+    assert int(waves.tokens.min()) >= 0 and int(waves.tokens.max()) < m.cfg.vq.codebook_size
+    assert waves.stats.waves < waves.stats.patches
