@@ -1,5 +1,6 @@
 """Training: losses go down, the parallel teacher-forced forward equals the sequential (oracle-style)
 one, DDP replicas stay identical, and a killed + resumed run ends with the same weights."""
+import dataclasses
 import os
 import socket
 
@@ -191,3 +192,23 @@ def test_adc_bias_gets_its_own_fast_undecayed_group():
     assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([2e-4, 2e-4, 6e-3])
     n = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n == sum(p.numel() for p in NuwaTrainer(m).parameters() if p.requires_grad)
+
+
+def test_decoder_only_gan_fine_tune_keeps_the_tokens(tmp_path):
+    """--decoder-only --gan --gan-weight: the pixel decoder moves, the encoder and codebook (every token) do not."""
+    from nuwa_fast.train import cli
+    cfg = small_config()
+    base = train_vq(cfg, _opts(tmp_path, "base", steps=2, save_every=2, sizes=(16,)))
+    a = cli.build_parser().parse_args(["vq", "--decoder-only", "--gan", "--gan-start", "0", "--gan-weight", "0.5",
+                                       "--init", str(tmp_path / "base" / "last.safetensors"), "--steps", "2",
+                                       "--sizes", "16", "--out", str(tmp_path / "dec")])
+    opt = cli.options_from_args(a)
+    assert (opt.gan, opt.decoder_only, opt.gan_start, opt.gan_weight) == (True, True, 0, 0.5)
+    opt = dataclasses.replace(opt, **{**FAST, "save_every": 2})
+    tuned = train_vq(cfg, opt)
+    before, after = base.vq.state_dict(), tuned.vq.state_dict()
+    fixed = [k for k in before if k.startswith(("encoder.", "quant_in.", "codebook"))]
+    moved = [k for k in before if k.startswith("decoder.")]
+    assert fixed and moved
+    assert all(torch.equal(before[k], after[k]) for k in fixed)
+    assert any(not torch.equal(before[k], after[k]) for k in moved)
