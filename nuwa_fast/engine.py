@@ -24,10 +24,13 @@ Attention modes (where a row's self-attention reads its context):
   "sdpa"      the same gathered buffer + F.scaled_dot_product_attention with an additive float mask.
   "flex"      the same buffer in page-aligned blocks + torch.nn.attention.flex_attention with a
               block mask and a score_mod reading the ADC bias (compiled on CUDA, eager on a CPU).
+  "fused"     (CPU) the same gathered buffer, but the whole decode row (every layer, the head) is one
+              C++ call (csrc/cpu/row_step.cpp, built on first use by nuwa_fast.cpu_ext): the torch
+              backend's default on a CPU with float32 weights when it builds, else "gathered".
 "sdpa" and "flex" are what a PyTorch user would write instead; the benchmarks compare them.
-Every mode runs the model's own layers; a mode is only the `kv` source of their NCPAttention
+The torch modes run the model's own layers; a mode is only the `kv` source of their NCPAttention
 (layers.PagedKV for "paged"; gathered.GatheredKV with a kernel strategy of gathered.kernels() for
-the other three), picked once in prepare().
+"gathered", "sdpa", "flex"), picked once in prepare(). "fused" reads the same weights in C++.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import torch
 from . import adc, ncp, ops
 from .scheduler import PatchKind, Scheduler
 
-ATTENTION_MODES = ("paged", "gathered", "sdpa", "flex")
+ATTENTION_MODES = ("paged", "gathered", "sdpa", "flex", "fused")
 SCHEDULES = ncp.SCHEDULES
 
 
@@ -208,6 +211,18 @@ class Prepared:
 
 
 @torch.no_grad()
+def default_attention(model, backend: str, compile_step: bool = False) -> str:
+    """The backend's declared mode (ops.default_attention); for the torch backend on a CPU with float32
+    weights, "fused" when the CPU row step builds (and torch.compile was not asked for)."""
+    from . import cpu_ext
+    from .gathered import fused_unsupported
+    mode = ops.default_attention(backend)
+    if (backend == "torch" and mode == "gathered" and not compile_step
+            and fused_unsupported(model.decoder, model.device) is None and cpu_ext.available()):
+        return "fused"
+    return mode
+
+
 def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, pool_dtype=None,
             attention: str | None = None, cuda_graphs: bool | None = None, compile_step: bool = False,
             max_patches: int | None = None, schedule: str = "waves", max_lanes: int | None = None,
@@ -216,7 +231,7 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
     lane_buckets: round each group's lanes up to a bucket (bucket_sizes), padding the rest, as the
     captured graphs need (default: with graphs only)."""
     from .sampling import Sampling
-    from .gathered import StaticStep
+    from .gathered import FusedStep, StaticStep
     from .steps import GraphedStep, PagedStep, Shared
 
     sampling = sampling or Sampling()
@@ -225,7 +240,7 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
     dev = model.device
     extent = check_extent(model, spec.extent)
     backend = ops.resolve_backend(backend, dev)
-    attention = attention or ops.default_attention(backend)
+    attention = attention or default_attention(model, backend, compile_step)
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     n_all = len(spec.order)
@@ -250,7 +265,12 @@ def prepare(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, p
     buckets = graphs if lane_buckets is None else bool(lane_buckets)
     sh = Shared(model, spec, plan, extent, sampling, seed, backend, pool_dtype, known, kmask, n,
                 lanes=plan.max_lanes, spare_lane=buckets)
-    step = PagedStep(sh) if attention == "paged" else StaticStep(sh, attention, compile_step=compile_step)
+    if attention == "paged":
+        step = PagedStep(sh)
+    elif attention == "fused":
+        step = FusedStep(sh)
+    else:
+        step = StaticStep(sh, attention, compile_step=compile_step)
     rows = GraphedStep(step, graphs)
     sched = Scheduler(sh, step, rows, plan, kinds, n, buckets=buckets)
     capture_s = rows.prepare(prefill_buckets=sched.buckets("prefill"), decode_buckets=sched.buckets("decode"))

@@ -214,3 +214,97 @@ class StaticStep:
         for layer in dec.layers:
             x = layer(x, self.prefill_kv, 1, text, rope)
 
+
+
+class FusedStep(StaticStep):
+    """attention="fused" (CPU): the buffers of the torch step, the whole decode row in one C++ call
+    (csrc/cpu/row_step.cpp through nuwa_fast.cpu_ext): embed, every layer's self-attention over the
+    gathered [context | own | null] buffer, cross-attention, MLP, ln_f and head, then the torch sampler.
+    The per-group gather, the prefill of given patches and the write-back are StaticStep's. One lane's
+    row is computed by the same instruction sequence whatever the lane count or the thread count, so
+    waves and the sequential schedule give identical tokens."""
+
+    def __init__(self, sh, threads: int | None = None):
+        from . import cpu_ext
+        self.ext = cpu_ext.load()
+        if self.ext is None:
+            raise RuntimeError("attention='fused' needs the CPU row step, which could not be built "
+                               "(see the warning above); use attention='gathered'")
+        super().__init__(sh, "gathered", compile_step=False)
+        why = fused_unsupported(sh.dec, sh.dev)
+        if why:
+            raise ValueError(f"attention='fused' cannot run this model: {why}; use attention='gathered'")
+        dec = sh.dec
+        cfg = dec.cfg
+        keep = []
+
+        def ptr(t):
+            if t is None:
+                return 0
+            if not t.is_contiguous() or t.dtype not in (torch.float32, torch.int64, torch.bool):
+                raise ValueError(f"fused step: a buffer is not contiguous fp32/int64/bool ({t.dtype}, {tuple(t.shape)})")
+            keep.append(t)
+            return t.data_ptr()
+
+        R, V = sh.R, cfg.vq.codebook_size
+        self.logits = torch.empty(R, V, dtype=torch.float32)
+        pl = sh.placed
+        rope = pl.rope if pl is not None and pl.rope is not None else (None,) * 4
+        add = pl.add if pl is not None else None
+        g = [dec.tok.weight, self.pos.contiguous(), dec.start, dec.ln_f.weight, dec.ln_f.bias, dec.head.weight,
+             sh.buf, add, *rope, self.logits, self.own_b]
+        ptrs = [ptr(t) for t in g]
+        Lt = sh.text[0][0].shape[2]
+        for l, lay in enumerate(dec.layers):
+            tk, tv, tm = sh.text[l]
+            fc1, fc2 = lay.mlp[0], lay.mlp[2]
+            ptrs += [ptr(t) for t in (
+                lay.ln1.weight, lay.ln1.bias, lay.attn.qkv.weight, lay.attn.proj.weight,
+                lay.ln2.weight, lay.ln2.bias, lay.cross.q.weight, lay.cross.proj.weight,
+                lay.ln3.weight, lay.ln3.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+                self.kv[l][0], self.kv[l][1], self.kbias[l], tk, tv, tm)]
+        assert len(ptrs) == self.ext.NGLOBAL + cfg.layers * self.ext.NLAYER
+        dims = [cfg.layers, cfg.width, cfg.heads, cfg.head_dim, sh.P, V, Lt, fc1.weight.shape[0], self.Ntot,
+                self.nc, self.own_off, self.null_off]
+        assert len(dims) == self.ext.NDIMS
+        self._ptrs = torch.tensor(ptrs, dtype=torch.int64)
+        self._dims = torch.tensor(dims, dtype=torch.int64)
+        # the sampler runs in the same call unless top-k / top-p filtering is on (then: the torch sampler)
+        smp = sh.sampling
+        self._sampler = None
+        if not smp.top_k and smp.top_p >= 1.0:
+            known = sh.known is not None
+            sp = [sh.B, sh.Bt, sh.seed & 0xFFFFFFFF, (sh.seed >> 32) & 0xFFFFFFFF, ptr(sh.sample_ids),
+                  ptr(sh.sample_steps), ptr(sh.known_rows) if known else 0, ptr(sh.kmask_rows) if known else 0]
+            assert len(sp) == self.ext.NSAMPLER
+            self._sampler = torch.tensor(sp, dtype=torch.int64)
+            self._temperature, self._guidance = float(smp.temperature), float(smp.guidance)
+        self._keep = keep
+        self.ext.set_threads(int(threads or torch.get_num_threads()))
+
+    def row_fn(self, s, nb: int):
+        sh = self.sh
+        last = s >= sh.P                              # row P only stores the key/value of token P-1
+        if self._sampler is not None:
+            with op_range("fused row + sample"):
+                self.ext.row_step(self._dims.data_ptr(), self._ptrs.data_ptr(), int(s), nb * sh.Bt, not last,
+                                  0 if last else self._sampler.data_ptr(), self._temperature, self._guidance)
+            return
+        with op_range("fused row"):
+            self.ext.row_step(self._dims.data_ptr(), self._ptrs.data_ptr(), int(s), nb * sh.Bt, not last)
+        if not last:
+            sh.pick(self.logits[:nb * sh.Bt], sh.rows_t[s])
+
+
+def fused_unsupported(dec, dev) -> str | None:
+    """Why the fused CPU row step cannot run this decoder (None: it can)."""
+    if dev.type != "cpu":
+        return f"it runs on a CPU, the model is on {dev}"
+    if dec.start.dtype != torch.float32:
+        return f"it runs float32 weights, the model's are {dec.start.dtype}"
+    lay = dec.layers[0]
+    if not (isinstance(lay.mlp[1], torch.nn.GELU) and lay.mlp[1].approximate == "tanh"):
+        return "its MLP is Linear -> GELU(tanh) -> Linear"
+    if dec.cfg.head_dim % 2:
+        return "its head dimension must be even (rotary pairs)"
+    return None
