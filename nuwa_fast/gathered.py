@@ -150,7 +150,7 @@ class StaticStep:
             torch.index_select(sh.pool.pages[:, l], 0, flat, out=src)
             both = src.view(nr, n, 2, H, P, D).permute(2, 0, 3, 1, 4, 5)              # [2, nr, H, n, P, D]
             for j in range(2):
-                ctx = self.kv[l][j][:nr, :, :self.nc].unflatten(2, (n, Pb))[:, :, :, :P]   # [nr, H, n, P, D] view
+                ctx = self.context_view(l, j, nr)                                  # [nr, H, n, P, D] view
                 ctx.copy_(both[j])
                 ctx.masked_fill_(~valid[:, None, :, None, None], 0.0)  # unused pages may hold NaN: never let it in
         pt = sh.page_table[:nr]
@@ -158,6 +158,10 @@ class StaticStep:
         b = b.gather(3, idx[None, :, None, :].expand(L, nr, H, n))                   # [L, nr, H, n] the lane's slots
         self.kbias[:, :nr, :, :self.nc].unflatten(3, (n, Pb))[..., :P].copy_(b[..., None].expand(L, nr, H, n, P))
         self.kernel.on_gather(self, valid, nr)
+
+    def context_view(self, l: int, j: int, nr: int):
+        """Where begin_group puts the context pages of layer l (j: 0 keys, 1 values): [nr, H, n_max, P, D]."""
+        return self.kv[l][j][:nr, :, :self.nc].unflatten(2, (self.n_max, self.Pb))[:, :, :, :self.sh.P]
 
     def end_group(self):
         """Write the own keys/values of every lane back to its page."""
@@ -231,6 +235,13 @@ class FusedStep(StaticStep):
             raise RuntimeError("attention='fused' needs the CPU row step, which could not be built "
                                "(see the warning above); use attention='gathered'")
         super().__init__(sh, "gathered", compile_step=False)
+        # a bf16 pool: the context stays bf16 in its own buffers (half the bytes every row reads; the
+        # values are the pool's, widened exactly in C++ as the torch step widens them)
+        self.ctx16 = None
+        if sh.pool.pages.dtype == torch.bfloat16 and self.n_max:
+            self.ctx16 = [tuple(torch.zeros(sh.R, sh.H, self.nc, sh.D, dtype=torch.bfloat16) for _ in range(2))
+                          for _ in range(sh.L)]
+            self.staging_bytes += sum(t.numel() * 2 for kv in self.ctx16 for t in kv)
         why = fused_unsupported(sh.dec, sh.dev)
         if why:
             raise ValueError(f"attention='fused' cannot run this model: {why}; use attention='gathered'")
@@ -241,7 +252,7 @@ class FusedStep(StaticStep):
         def ptr(t):
             if t is None:
                 return 0
-            if not t.is_contiguous() or t.dtype not in (torch.float32, torch.int64, torch.bool):
+            if not t.is_contiguous() or t.dtype not in (torch.float32, torch.int64, torch.bool, torch.bfloat16):
                 raise ValueError(f"fused step: a buffer is not contiguous fp32/int64/bool ({t.dtype}, {tuple(t.shape)})")
             keep.append(t)
             return t.data_ptr()
@@ -262,10 +273,11 @@ class FusedStep(StaticStep):
                 lay.ln1.weight, lay.ln1.bias, lay.attn.qkv.weight, lay.attn.proj.weight,
                 lay.ln2.weight, lay.ln2.bias, lay.cross.q.weight, lay.cross.proj.weight,
                 lay.ln3.weight, lay.ln3.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
-                self.kv[l][0], self.kv[l][1], self.kbias[l], tk, tv, tm)]
+                self.kv[l][0], self.kv[l][1], self.kbias[l], tk, tv, tm,
+                *(self.ctx16[l] if self.ctx16 else (None, None)))]
         assert len(ptrs) == self.ext.NGLOBAL + cfg.layers * self.ext.NLAYER
         dims = [cfg.layers, cfg.width, cfg.heads, cfg.head_dim, sh.P, V, Lt, fc1.weight.shape[0], self.Ntot,
-                self.nc, self.own_off, self.null_off]
+                self.nc, self.own_off, self.null_off, int(self.ctx16 is not None)]
         assert len(dims) == self.ext.NDIMS
         self._ptrs = torch.tensor(ptrs, dtype=torch.int64)
         self._dims = torch.tensor(dims, dtype=torch.int64)
@@ -281,6 +293,19 @@ class FusedStep(StaticStep):
             self._temperature, self._guidance = float(smp.temperature), float(smp.guidance)
         self._keep = keep
         self.ext.set_threads(int(threads or torch.get_num_threads()))
+
+    def context_view(self, l: int, j: int, nr: int):
+        if self.ctx16 is None:
+            return super().context_view(l, j, nr)
+        return self.ctx16[l][j][:nr].unflatten(2, (self.n_max, self.sh.P))
+
+    def prefill_fn(self, nb: int):
+        if self.ctx16 is not None:                     # the torch prefill reads the fp32 buffer: widen into it
+            nr = nb * self.sh.Bt
+            for l in range(self.sh.L):
+                for j in range(2):
+                    self.kv[l][j][:nr, :, :self.nc].copy_(self.ctx16[l][j][:nr])
+        super().prefill_fn(nb)
 
     def row_fn(self, s, nb: int):
         sh = self.sh

@@ -29,6 +29,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -43,16 +44,19 @@ class Pool {
  public:
   void resize(int threads) {
     threads = threads < 1 ? 1 : threads;
+    forked_check();
     if (threads == size_) return;
     stop();
     size_ = threads;
-    for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t] { loop(t); });
+    const uint64_t now = gen_.load();  // new workers wait for the next job, never an old one
+    for (int t = 1; t < size_; ++t) workers_.emplace_back([this, t, now] { loop(t, now); });
   }
   ~Pool() { stop(); }
   int size() const { return size_; }
 
   // fn(begin, end) over [0, n) split into size_ chunks (chunk t: thread t; thread 0 is the caller)
   void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    forked_check();
     if (size_ == 1 || n < 2) {
       fn(0, n);
       return;
@@ -77,8 +81,15 @@ class Pool {
     int64_t b = t * per, e = b + per < n_ ? b + per : n_;
     if (b < e) fn(b, e);
   }
-  void loop(int t) {
-    uint64_t seen = 0;
+  // a child of fork() has none of the parent's workers: forget them (never join or destroy them there)
+  void forked_check() {
+    if (pid_ == getpid()) return;
+    pid_ = getpid();
+    new std::vector<std::thread>(std::move(workers_));  // leaked on purpose: not joinable in this process
+    workers_.clear();
+    size_ = 1;
+  }
+  void loop(int t, uint64_t seen) {
     for (;;) {
       const std::function<void(int64_t, int64_t)>* job;
       {
@@ -112,6 +123,7 @@ class Pool {
     size_ = 1;
   }
   int size_ = 1;
+  pid_t pid_ = getpid();
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -365,11 +377,11 @@ void gelu_tanh(float* x, int64_t n) {
 
 // ---- the row ------------------------------------------------------------------------------------
 // dims: see DIMS below; ptrs: GLOBAL_PTRS globals, then LAYER_PTRS per layer
-enum Dim { L_, W_, H_, D_, P_, V_, LT_, F_, NTOT_, NC_, OWN_OFF_, NULL_OFF_, NDIMS };
+enum Dim { L_, W_, H_, D_, P_, V_, LT_, F_, NTOT_, NC_, OWN_OFF_, NULL_OFF_, CTX_BF16_, NDIMS };
 enum GPtr { TOK, POS, START, LNF_W, LNF_B, HEAD, BUF, ADD, COS_Q, SIN_Q, COS_K, SIN_K, LOGITS, OWN_B, NGLOBAL };
 enum LPtr {
   LN1_W, LN1_B, QKV, PROJ, LN2_W, LN2_B, CQ, CPROJ, LN3_W, LN3_B, FC1_W, FC1_B, FC2_W, FC2_B,
-  KBUF, VBUF, KBIAS, TK, TV, TMASK, NLAYER
+  KBUF, VBUF, KBIAS, TK, TV, TMASK, KCTX, VCTX, NLAYER
 };
 
 struct Scratch {
@@ -404,7 +416,24 @@ void rope(float* t, const float* cs, const float* sn, int64_t H, int64_t D) {
 
 // ---- one (row, head) of the self-attention over [context | own keys < s | null] ----------------------
 // Scores of four keys at a time (four independent FMA chains), the output accumulated in NV registers.
-inline void dot4(const float* q, const float* k, int64_t D, float* out) {
+// The context keys/values are float32 (the buffer's own dtype) or bfloat16 (a bf16 page pool: the
+// values are the pool's, widened exactly, as the torch step widens them).
+using bf16 = uint16_t;
+inline vf vload(const bf16* p) {
+#if defined(__AVX512F__)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+#elif defined(__AVX2__) && defined(__FMA__)
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+#else
+  uint32_t u = static_cast<uint32_t>(*p) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+template <typename T>
+inline void dot4(const float* q, const T* k, int64_t D, float* out) {
   vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
   for (int64_t d = 0; d < D; d += VW) {
     const vf qv = vload(q + d);
@@ -416,7 +445,8 @@ inline void dot4(const float* q, const float* k, int64_t D, float* out) {
   vsum4(a0, a1, a2, a3, out);
 }
 
-inline void dot1(const float* q, const float* k, int64_t D, float* out) {
+template <typename T>
+inline void dot1(const float* q, const T* k, int64_t D, float* out) {
   vf a = vzero();
   for (int64_t d = 0; d < D; d += VW) a = vfma(vload(q + d), vload(k + d), a);
   *out = vsum(a);
@@ -424,7 +454,8 @@ inline void dot1(const float* q, const float* k, int64_t D, float* out) {
 
 // scores of keys K[k0 .. k0+n) into sc (bias[j] per key, or the constant cb when bias is null); -inf bias:
 // the key is not read
-inline void score_keys(const float* q, const float* K, int64_t k0, int64_t n, int64_t D, float scale,
+template <typename T>
+inline void score_keys(const float* q, const T* K, int64_t k0, int64_t n, int64_t D, float scale,
                        const float* bias, float cb, float* sc) {
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
@@ -450,40 +481,47 @@ inline void score_keys(const float* q, const float* K, int64_t k0, int64_t n, in
   }
 }
 
-template <int NV>
-void head_attention(const float* q, const float* Kh, const float* Vh, const float* bh, int64_t nc, int64_t own_off,
-                    int64_t s, int64_t null_off, float ob, float scale, float* sc, float* out) {
+// Kc/Vc: the context keys/values [nc, D] (T), Kh/Vh: the buffer [Ntot, D] fp32 (own keys, null)
+template <int NV, typename T>
+void head_attention(const float* q, const T* Kc, const T* Vc, const float* Kh, const float* Vh, const float* bh,
+                    int64_t nc, int64_t own_off, int64_t s, int64_t null_off, float ob, float scale, float* sc,
+                    float* out) {
   constexpr int64_t D = NV * VW;
-  score_keys(q, Kh, 0, nc, D, scale, bh, 0.f, sc);
-  score_keys(q, Kh, own_off, s, D, scale, nullptr, ob, sc + nc);
+  score_keys(q, Kc, 0, nc, D, scale, bh, 0.f, sc);
+  score_keys(q, Kh, own_off, s, D, scale, static_cast<const float*>(nullptr), ob, sc + nc);
   score_keys(q, Kh, null_off, 1, D, scale, bh + null_off, 0.f, sc + nc + s);
   const int64_t n = nc + s + 1;
   vf acc[NV];
   for (int v = 0; v < NV; ++v) acc[v] = vzero();
   if (softmax_inplace(sc, n)) {
+    for (int64_t j = 0; j < nc; ++j)
+      if (sc[j] != 0.f) {
+        const vf pv = vset1(sc[j]);
+        for (int v = 0; v < NV; ++v) acc[v] = vfma(pv, vload(Vc + j * D + v * VW), acc[v]);
+      }
     auto add = [&](const float* Vrow, float pj) {
       const vf pv = vset1(pj);
       for (int v = 0; v < NV; ++v) acc[v] = vfma(pv, vload(Vrow + v * VW), acc[v]);
     };
-    for (int64_t j = 0; j < nc; ++j)
-      if (sc[j] != 0.f) add(Vh + j * D, sc[j]);
     for (int64_t j = 0; j < s; ++j) add(Vh + (own_off + j) * D, sc[nc + j]);
     add(Vh + null_off * D, sc[nc + s]);
   }
   for (int v = 0; v < NV; ++v) vstore(out + v * VW, acc[v]);
 }
 
-using HeadFn = void (*)(const float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                        float, float, float*, float*);
+template <typename T>
+using HeadFn = void (*)(const float*, const T*, const T*, const float*, const float*, const float*, int64_t, int64_t,
+                        int64_t, int64_t, float, float, float*, float*);
 
-HeadFn head_fn(int64_t D) {
+template <typename T>
+HeadFn<T> head_fn(int64_t D) {
   if (D % VW) return nullptr;
   switch (D / VW) {
-    case 1: return head_attention<1>;
-    case 2: return head_attention<2>;
-    case 4: return head_attention<4>;
-    case 8: return head_attention<8>;
-    case 16: return head_attention<16>;
+    case 1: return head_attention<1, T>;
+    case 2: return head_attention<2, T>;
+    case 4: return head_attention<4, T>;
+    case 8: return head_attention<8, T>;
+    case 16: return head_attention<16, T>;
     default: return nullptr;
   }
 }
@@ -604,7 +642,10 @@ void row_step(uintptr_t dims_addr, uintptr_t ptrs_addr, int64_t s, int64_t nr, b
   const float *ck_t = ptr_<const float>(pt, COS_K), *sk_t = ptr_<const float>(pt, SIN_K);
   const float* own_b = ptr_<const float>(pt, OWN_B);
   const int64_t half = D / 2;
-  const HeadFn hfn = head_fn(D);
+  const bool ctx_bf16 = dm[CTX_BF16_] != 0;
+  const HeadFn<float> hfn = head_fn<float>(D);
+  const HeadFn<bf16> hfn16 = head_fn<bf16>(D);
+  if (ctx_bf16 && !hfn16) throw std::invalid_argument("a bf16 context needs a head size that is a multiple of the vector width");
 
   for (int64_t l = 0; l < L; ++l) {
     const int64_t* lp = pt + NGLOBAL + l * NLAYER;
@@ -645,8 +686,14 @@ void row_step(uintptr_t dims_addr, uintptr_t ptrs_addr, int64_t s, int64_t nr, b
         float* sc_ = sbuf.data();
         const float ob = own_b[l * H + hh];
         float* out = o + r * W + hh * D;
+        if (ctx_bf16) {
+          const bf16* Kc = reinterpret_cast<const bf16*>(static_cast<uintptr_t>(lp[KCTX])) + (r * H + hh) * nc * D;
+          const bf16* Vc = reinterpret_cast<const bf16*>(static_cast<uintptr_t>(lp[VCTX])) + (r * H + hh) * nc * D;
+          hfn16(q, Kc, Vc, Kh, Vh, bh, nc, own_off, s, null_off, ob, scale, sc_, out);
+          continue;
+        }
         if (hfn) {
-          hfn(q, Kh, Vh, bh, nc, own_off, s, null_off, ob, scale, sc_, out);
+          hfn(q, Kh, Vh, Kh, Vh, bh, nc, own_off, s, null_off, ob, scale, sc_, out);
           continue;
         }
         // any head size: context keys (bias -inf: padding or an empty slot, never read), own keys < s, null
