@@ -86,7 +86,7 @@ def _speed(sp):
                    help="CPU threads for torch (default: the cores this process may use)")
     g.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="weights and compute dtype (default: as stored, float32)")
-    g.add_argument("--attention", default=None, choices=("paged", "gathered", "sdpa", "flex"),
+    g.add_argument("--attention", default=None, choices=("paged", "gathered", "sdpa", "flex", "fused"),
                    help="where attention reads its context (default: gathered on torch, paged on triton/cuda)")
     g.add_argument("--cuda-graphs", default=None, choices=("on", "off"),
                    help="capture and replay the per-row step as CUDA graphs (default: on with CUDA)")

@@ -288,8 +288,9 @@ def run(model, spec: TaskSpec, seed: int = 0, sampling=None, backend=None, progr
                   per step, the reference). Same tokens either way.
     max_lanes     most patches decoded at once (waves); default: the widest wave that fits in half
                   of the memory a pool may use.
-    attention     "paged" | "gathered" | "sdpa" | "flex" (module docstring). Default: the backend's
-                  (ops.default_attention: gathered for the torch reference, paged for the kernels).
+    attention     "paged" | "gathered" | "sdpa" | "flex" | "fused" (module docstring). Default: the backend's
+                  (default_attention: fused on a CPU where it builds, else gathered, for the torch
+                  backend; paged for the kernels).
     cuda_graphs   capture the per-row decode step and the prefill once per lane-count bucket and
                   replay them (default: True on CUDA; ignored on a CPU).
     compile_step  run the per-row step (and the prefill) through torch.compile (default off: on a

@@ -35,7 +35,7 @@ class GenerationConfig:
     extent: tuple | None = None        # NCP window (e_t, e_h, e_w) at inference; None = the checkpoint's
     # ---- how it runs (tokens do not depend on these) ----
     backend: str | None = None         # "torch" | "triton" | "cuda"; None = NUWA_FAST_BACKEND, then device
-    attention: str | None = None       # "paged" | "gathered" | "sdpa" | "flex"; None = by backend
+    attention: str | None = None       # "paged" | "gathered" | "sdpa" | "flex" | "fused"; None = by backend
     cuda_graphs: bool | None = None    # capture the row step and prefill (None = on with CUDA)
     compile_step: bool = False         # torch.compile the row step (pays off on large canvases only)
     schedule: str = "waves"            # "waves" (every ready patch at once) | "sequential"

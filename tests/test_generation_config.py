@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from nuwa_fast import GenerationConfig, cli
+from nuwa_fast import GenerationConfig, cli, engine
 from nuwa_fast.model import NuwaModel
 from models import small_model
 
@@ -65,5 +65,5 @@ def test_cli_builds_the_config_from_its_flags():
 def test_stats_fields_and_the_extra_view(model):
     r = model.generate_image(None, height=12, width=12, seed=2)
     s = r.stats
-    assert s.attention == "gathered" and s.pages_left == 0 and s.plan_peak_pages >= s.peak_pages > 0
+    assert s.attention == engine.default_attention(model, "torch") and s.pages_left == 0 and s.plan_peak_pages >= s.peak_pages > 0
     assert s.extra["attention"] == s.attention and s.extra["seed"] == 2 and "patch_seconds" not in s.extra

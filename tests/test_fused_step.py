@@ -1,0 +1,64 @@
+"""The fused CPU row step (attention="fused", csrc/cpu/row_step.cpp): the same tokens as the oracle and
+the torch step, for every task, schedule, thread count and a bf16 pool; clear errors where it cannot run."""
+import pytest
+import torch
+
+from nuwa_fast import cpu_ext, engine
+from models import small_model
+from test_waves import TASKS, check
+
+pytestmark = pytest.mark.skipif(not cpu_ext.available(), reason="the CPU row step could not be built here")
+
+
+@pytest.fixture(scope="module")
+def placed():
+    return small_model(rope=True, layout=True, extent=(1, 2, 2))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_fused_equals_oracle_and_sequential(placed, task):
+    fused = TASKS[task](placed, seed=7, attention="fused")
+    assert fused.stats.attention == "fused"
+    seq = TASKS[task](placed, seed=7, attention="fused", schedule="sequential")
+    slow = TASKS[task](placed, seed=7, oracle=True)
+    check(fused, slow)
+    check(seq, slow)
+
+
+def test_fused_is_the_cpu_default(placed):
+    r = TASKS["right"](placed, seed=1)
+    assert r.stats.attention == "fused"
+    assert engine.default_attention(placed, "torch", compile_step=True) == "gathered"
+
+
+def test_fused_tokens_do_not_depend_on_threads(placed):
+    n = torch.get_num_threads()
+    try:
+        out = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            out.append(TASKS["down"](placed, seed=3, attention="fused").tokens)
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(o, out[0]) for o in out)
+
+
+@pytest.mark.parametrize("order,grid", [("down", (1, 3, 6)), ("left", (2, 2, 3))])
+def test_fused_bf16_pool_equals_torch_step(placed, order, grid):
+    """A bf16 pool: the context is read as bf16 in C++, widened exactly like the torch step widens it."""
+    from nuwa_fast import adc
+    spec = engine.TaskSpec(grid=grid, order=adc.order(order, grid), prompts=["hills", ""],
+                           directions=adc.directions(order, grid))
+    kw = dict(seed=4, pool_dtype=torch.bfloat16)
+    fused, fst = engine.run(placed, spec, attention="fused", **kw)
+    torch_step, tst = engine.run(placed, spec, attention="gathered", **kw)
+    seq, _ = engine.run(placed, spec, attention="fused", schedule="sequential", **kw)
+    assert fst.staging_bytes > tst.staging_bytes
+    assert torch.equal(fused, torch_step) and torch.equal(fused, seq)
+
+
+def test_fused_refuses_bf16_weights_clearly():
+    m = small_model(rope=True, layout=True).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="float32 weights.*attention='gathered'"):
+        m.generate_image(None, height=24, width=24, attention="fused")
+    assert engine.default_attention(m, "torch") == "gathered"
