@@ -385,15 +385,14 @@ enum LPtr {
 };
 
 struct Scratch {
-  std::vector<float> x, h, qkv, o, f, s;
-  void fit(int64_t nr, int64_t W, int64_t F, int64_t Ntot, int64_t H, int64_t Lt) {
+  std::vector<float> x, h, qkv, o, f;
+  void fit(int64_t nr, int64_t W, int64_t F) {
     auto need = [](std::vector<float>& v, size_t n) { if (v.size() < n) v.resize(n); };
     need(x, nr * W);
     need(h, nr * W);
     need(qkv, nr * 3 * W);
     need(o, nr * W);
     need(f, nr * F);
-    need(s, nr * H * (Ntot > Lt ? Ntot : Lt));
   }
 };
 
@@ -558,6 +557,12 @@ void sample_rows(const int64_t* sp, double temperature, double guidance, const f
   best_i.assign(rows * C, 0);
   double* bv = best_v.data();
   int64_t* bi = best_i.data();
+  static std::vector<uint32_t> vocab_hash;  // the per-token-id half of the hash (sampling._vocab_hash)
+  if (static_cast<int64_t>(vocab_hash.size()) != V) {
+    vocab_hash.resize(V);
+    for (int64_t v = 0; v < V; ++v) vocab_hash[v] = fmix32(static_cast<uint32_t>(v * 0x27D4EB2Fll + 0x165667B1ll));
+  }
+  const uint32_t* vhash = vocab_hash.data();
   pool().run(rows * C, [&](int64_t i0, int64_t i1) {
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t i = it / C, c = it % C, lane = i / B, b = i % B;
@@ -580,7 +585,7 @@ void sample_rows(const int64_t* sp, double temperature, double guidance, const f
         if (temperature == 0.0) {
           val = lg;
         } else {
-          const uint32_t vh = fmix32(static_cast<uint32_t>(v * 0x27D4EB2Fll + 0x165667B1ll));
+          const uint32_t vh = vhash[v];
           uint32_t h = fmix32(key ^ vh);
           if (seed_hi) h = fmix32(h ^ fmix32(hi + vh));
           const double u = (static_cast<double>(h >> 8) + 0.5) / 16777216.0;
@@ -617,7 +622,7 @@ void row_step(uintptr_t dims_addr, uintptr_t ptrs_addr, int64_t s, int64_t nr, b
   static std::mutex call_mu;  // one row at a time: the scratch and the pool are shared
   std::lock_guard<std::mutex> guard(call_mu);
   static Scratch sc;
-  sc.fit(nr, W, F, Ntot, H, Lt);
+  sc.fit(nr, W, F);
   float *x = sc.x.data(), *h = sc.h.data(), *qkv = sc.qkv.data(), *o = sc.o.data(), *f = sc.f.data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 
