@@ -106,9 +106,11 @@ setup(
         "Topic :: Multimedia :: Graphics",
     ],
     python_requires=">=3.10",
-    packages=find_packages(include=["nuwa_fast", "nuwa_fast.*"]) + ["nuwa_fast.kernels"],
-    package_dir={"nuwa_fast.kernels": "kernels/triton"},
-    package_data={"nuwa_fast": ["weights/*.safetensors", "weights/*.json"]},
+    # kernels/triton ships as nuwa_fast.kernels; csrc/cpu (the CPU row step, compiled on first use by
+    # nuwa_fast.cpu_ext) as nuwa_fast/csrc_cpu, so an installed wheel finds its source too
+    packages=find_packages(include=["nuwa_fast", "nuwa_fast.*"]) + ["nuwa_fast.kernels", "nuwa_fast.csrc_cpu"],
+    package_dir={"nuwa_fast.kernels": "kernels/triton", "nuwa_fast.csrc_cpu": "csrc/cpu"},
+    package_data={"nuwa_fast": ["weights/*.safetensors", "weights/*.json"], "nuwa_fast.csrc_cpu": ["*.cpp"]},
     ext_modules=_cuda_extensions(),
     cmdclass={"build_ext": CMakeBuild},
     install_requires=["torch>=2.4,<3", "numpy", "safetensors>=0.4", "pillow", "tqdm"],

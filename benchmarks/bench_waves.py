@@ -150,12 +150,15 @@ def main(argv=None):
                     help="comma-separated, run in this order")
     ap.add_argument("--attention", default=None)
     ap.add_argument("--backend", default=None)
+    ap.add_argument("--pool-dtype", default=None, choices=["float32", "bfloat16"],
+                    help="NCP page pool dtype (default: the engine's for the model and device)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "waves_cpu.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     model = nuwa_fast.load(args.checkpoint, device=dev)
-    kw = dict(attention=args.attention, backend=args.backend)
+    kw = dict(attention=args.attention, backend=args.backend,
+              pool_dtype=getattr(torch, args.pool_dtype) if args.pool_dtype else None)
     cases = args.cases.split(",")
     rows, res = [], {}
     todo = {"8x8": ((1, 8, 8), "down", 1, None), "16x16": ((1, 16, 16), "down", 1, None),
@@ -163,7 +166,7 @@ def main(argv=None):
             "8x8_b8": ((1, 8, 8), "down", 8, None)}
     out = dict(bench="waves", device=str(dev), cpu=platform.processor() or platform.machine(),
                threads=torch.get_num_threads(), torch=torch.__version__, git=git_rev(), checkpoint=args.checkpoint,
-               repeats=args.repeats, rows=rows)
+               repeats=args.repeats, pool_dtype=args.pool_dtype, rows=rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with torch.no_grad():
         for name in cases:                                              # in the order given

@@ -218,7 +218,8 @@ def default_attention(model, backend: str, compile_step: bool = False) -> str:
     from .gathered import fused_unsupported
     mode = ops.default_attention(backend)
     if (backend == "torch" and mode == "gathered" and not compile_step
-            and fused_unsupported(model.decoder, model.device) is None and cpu_ext.available()):
+            and fused_unsupported(model.decoder, model.device) is None and cpu_ext.available()
+            and fused_unsupported(model.decoder, model.device, cpu_ext.load()) is None):
         return "fused"
     return mode
 

@@ -141,8 +141,7 @@ class StaticStep:
             return
         L, H, D, P, Pb, n = sh.L, sh.H, sh.D, sh.P, self.Pb, self.n_max
         nr = sh.nb * sh.Bt
-        idx = self.slot_idx.index_select(0, sh.lane_steps[:sh.nb]).repeat_interleave(sh.Bt, 0)   # [nr, n]
-        pages = sh.page_table[:nr].gather(1, idx)                                      # [nr, n] int32
+        idx, pages = self.lane_pages(nr)
         valid = pages >= 0                                                             # [nr, n]
         flat = pages.clamp(min=0).view(-1).long()
         src = self.gather_buf[:nr * n]                                                 # [nr*n, 2, H, P, D]
@@ -153,11 +152,23 @@ class StaticStep:
                 ctx = self.context_view(l, j, nr)                                  # [nr, H, n, P, D] view
                 ctx.copy_(both[j])
                 ctx.masked_fill_(~valid[:, None, :, None, None], 0.0)  # unused pages may hold NaN: never let it in
-        pt = sh.page_table[:nr]
-        b = torch.stack([ops.adc_gather(sh.bias[l], pt, backend=sh.backend) for l in range(L)])  # [L, nr, H, C]
-        b = b.gather(3, idx[None, :, None, :].expand(L, nr, H, n))                   # [L, nr, H, n] the lane's slots
+        b = self.slot_bias_of(idx, nr)                                                 # [L, nr, H, n]
         self.kbias[:, :nr, :, :self.nc].unflatten(3, (n, Pb))[..., :P].copy_(b[..., None].expand(L, nr, H, n, P))
         self.kernel.on_gather(self, valid, nr)
+
+    def lane_pages(self, nr: int):
+        """The context slots of every row's step (idx [nr, n_max] into the page table, padded with the
+        own slot, empty at select time) and the page in each (pages [nr, n_max] int32, -1 = empty)."""
+        sh = self.sh
+        idx = self.slot_idx.index_select(0, sh.lane_steps[:sh.nb]).repeat_interleave(sh.Bt, 0)   # [nr, n]
+        return idx, sh.page_table[:nr].gather(1, idx)
+
+    def slot_bias_of(self, idx, nr: int):
+        """The ADC bias of every row's context slots: [L, nr, H, n_max] (-inf for an empty slot)."""
+        sh = self.sh
+        pt = sh.page_table[:nr]
+        b = torch.stack([ops.adc_gather(sh.bias[l], pt, backend=sh.backend) for l in range(sh.L)])  # [L, nr, H, C]
+        return b.gather(3, idx[None, :, None, :].expand(sh.L, nr, sh.H, self.n_max))
 
     def context_view(self, l: int, j: int, nr: int):
         """Where begin_group puts the context pages of layer l (j: 0 keys, 1 values): [nr, H, n_max, P, D]."""
@@ -221,12 +232,14 @@ class StaticStep:
 
 
 class FusedStep(StaticStep):
-    """attention="fused" (CPU): the buffers of the torch step, the whole decode row in one C++ call
-    (csrc/cpu/row_step.cpp through nuwa_fast.cpu_ext): embed, every layer's self-attention over the
-    gathered [context | own | null] buffer, cross-attention, MLP, ln_f and head, then the torch sampler.
-    The per-group gather, the prefill of given patches and the write-back are StaticStep's. One lane's
-    row is computed by the same instruction sequence whatever the lane count or the thread count, so
-    waves and the sequential schedule give identical tokens."""
+    """attention="fused" (CPU): the whole decode row in one C++ call (csrc/cpu/row_step.cpp through
+    nuwa_fast.cpu_ext): embed, every layer's self-attention, cross-attention, MLP, ln_f, head and the
+    sampler. Its self-attention reads the context straight from the page pool through each lane's page
+    table (fp32 or bf16 pages, nothing copied per lane; lanes of a wave that select the same page share
+    its reads); the own page and the null key live in StaticStep's buffer, which the prefill of given
+    patches also uses (the context is gathered there only for a group that prefills). One lane's row is
+    computed by the same instruction sequence whatever the lane count or the thread count, so waves and
+    the sequential schedule give identical tokens."""
 
     def __init__(self, sh, threads: int | None = None):
         from . import cpu_ext
@@ -234,17 +247,13 @@ class FusedStep(StaticStep):
         if self.ext is None:
             raise RuntimeError("attention='fused' needs the CPU row step, which could not be built "
                                "(see the warning above); use attention='gathered'")
-        super().__init__(sh, "gathered", compile_step=False)
-        # a bf16 pool: the context stays bf16 in its own buffers (half the bytes every row reads; the
-        # values are the pool's, widened exactly in C++ as the torch step widens them)
-        self.ctx16 = None
-        if sh.pool.pages.dtype == torch.bfloat16 and self.n_max:
-            self.ctx16 = [tuple(torch.zeros(sh.R, sh.H, self.nc, sh.D, dtype=torch.bfloat16) for _ in range(2))
-                          for _ in range(sh.L)]
-            self.staging_bytes += sum(t.numel() * 2 for kv in self.ctx16 for t in kv)
-        why = fused_unsupported(sh.dec, sh.dev)
+        why = fused_unsupported(sh.dec, sh.dev, self.ext)
         if why:
             raise ValueError(f"attention='fused' cannot run this model: {why}; use attention='gathered'")
+        super().__init__(sh, "gathered", compile_step=False)
+        if sh.pool.pages.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"attention='fused' reads float32 or bfloat16 pages, the pool's are "
+                             f"{sh.pool.pages.dtype}; pass pool_dtype=torch.float32 or torch.bfloat16")
         dec = sh.dec
         cfg = dec.cfg
         keep = []
@@ -253,17 +262,22 @@ class FusedStep(StaticStep):
             if t is None:
                 return 0
             if not t.is_contiguous() or t.dtype not in (torch.float32, torch.int64, torch.bool, torch.bfloat16):
-                raise ValueError(f"fused step: a buffer is not contiguous fp32/int64/bool ({t.dtype}, {tuple(t.shape)})")
+                raise ValueError(f"fused step: a buffer is not contiguous fp32/bf16/int64/bool ({t.dtype}, {tuple(t.shape)})")
             keep.append(t)
             return t.data_ptr()
 
-        R, V = sh.R, cfg.vq.codebook_size
+        R, V, n = sh.R, cfg.vq.codebook_size, self.n_max
         self.logits = torch.empty(R, V, dtype=torch.float32)
+        # every row's page per context slot (-1: empty) and the ADC bias per slot, filled per group
+        self.page_ids = torch.full((R, max(n, 1)), -1, dtype=torch.int64)
+        self.slot_bias = torch.full((sh.L, R, sh.H, max(n, 1)), NEG_INF)
+        self.staging_bytes += self.page_ids.numel() * 8 + self.slot_bias.numel() * 4
+        self._context_in_buffer = False
         pl = sh.placed
         rope = pl.rope if pl is not None and pl.rope is not None else (None,) * 4
         add = pl.add if pl is not None else None
         g = [dec.tok.weight, self.pos.contiguous(), dec.start, dec.ln_f.weight, dec.ln_f.bias, dec.head.weight,
-             sh.buf, add, *rope, self.logits, self.own_b]
+             sh.buf, add, *rope, self.logits, self.own_b, sh.pool.pages, self.page_ids, self.slot_bias]
         ptrs = [ptr(t) for t in g]
         Lt = sh.text[0][0].shape[2]
         for l, lay in enumerate(dec.layers):
@@ -273,11 +287,10 @@ class FusedStep(StaticStep):
                 lay.ln1.weight, lay.ln1.bias, lay.attn.qkv.weight, lay.attn.proj.weight,
                 lay.ln2.weight, lay.ln2.bias, lay.cross.q.weight, lay.cross.proj.weight,
                 lay.ln3.weight, lay.ln3.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
-                self.kv[l][0], self.kv[l][1], self.kbias[l], tk, tv, tm,
-                *(self.ctx16[l] if self.ctx16 else (None, None)))]
+                self.kv[l][0], self.kv[l][1], self.kbias[l], tk, tv, tm)]
         assert len(ptrs) == self.ext.NGLOBAL + cfg.layers * self.ext.NLAYER
         dims = [cfg.layers, cfg.width, cfg.heads, cfg.head_dim, sh.P, V, Lt, fc1.weight.shape[0], self.Ntot,
-                self.nc, self.own_off, self.null_off, int(self.ctx16 is not None)]
+                n, self.own_off, self.null_off, int(sh.pool.pages.dtype == torch.bfloat16), R]
         assert len(dims) == self.ext.NDIMS
         self._ptrs = torch.tensor(ptrs, dtype=torch.int64)
         self._dims = torch.tensor(dims, dtype=torch.int64)
@@ -294,17 +307,22 @@ class FusedStep(StaticStep):
         self._keep = keep
         self.ext.set_threads(int(threads or torch.get_num_threads()))
 
-    def context_view(self, l: int, j: int, nr: int):
-        if self.ctx16 is None:
-            return super().context_view(l, j, nr)
-        return self.ctx16[l][j][:nr].unflatten(2, (self.n_max, self.sh.P))
+    def begin_group(self, steps):
+        """The page table and slot bias of every lane; the context stays in the pool (gathered into the
+        static buffer only if this group prefills, see prefill_fn)."""
+        self._context_in_buffer = False
+        self._steps = steps
+        if not self.n_max:
+            return
+        nr = self.sh.nb * self.sh.Bt
+        idx, pages = self.lane_pages(nr)
+        self.page_ids[:nr].copy_(pages)
+        self.slot_bias[:, :nr].copy_(self.slot_bias_of(idx, nr))
 
     def prefill_fn(self, nb: int):
-        if self.ctx16 is not None:                     # the torch prefill reads the fp32 buffer: widen into it
-            nr = nb * self.sh.Bt
-            for l in range(self.sh.L):
-                for j in range(2):
-                    self.kv[l][j][:nr, :, :self.nc].copy_(self.ctx16[l][j][:nr])
+        if not self._context_in_buffer:              # the torch prefill reads the gathered buffer
+            super().begin_group(self._steps)
+            self._context_in_buffer = True
         super().prefill_fn(nb)
 
     def row_fn(self, s, nb: int):
@@ -321,8 +339,9 @@ class FusedStep(StaticStep):
             sh.pick(self.logits[:nb * sh.Bt], sh.rows_t[s])
 
 
-def fused_unsupported(dec, dev) -> str | None:
-    """Why the fused CPU row step cannot run this decoder (None: it can)."""
+def fused_unsupported(dec, dev, ext=None) -> str | None:
+    """Why the fused CPU row step cannot run this decoder (None: it can); ext: the built module, whose
+    vector width fixes the head sizes it takes."""
     if dev.type != "cpu":
         return f"it runs on a CPU, the model is on {dev}"
     if dec.start.dtype != torch.float32:
@@ -332,4 +351,10 @@ def fused_unsupported(dec, dev) -> str | None:
         return "its MLP is Linear -> GELU(tanh) -> Linear"
     if dec.cfg.head_dim % 2:
         return "its head dimension must be even (rotary pairs)"
+    if ext is not None:
+        vw = int(ext.VW)
+        nv, rem = divmod(dec.cfg.head_dim, vw)
+        if rem or nv not in (1, 2, 4, 8, 16):
+            return (f"its head dimension ({dec.cfg.head_dim}) must be {vw} x 1, 2, 4, 8 or 16 "
+                    f"(this build's vector width is {vw} floats)")
     return None

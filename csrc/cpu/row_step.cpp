@@ -3,21 +3,27 @@
 //
 // Python module nuwa_fast's "_nuwa_cpu" (pybind11, raw pointers, no torch headers), built on first use
 // by nuwa_fast/cpu_ext.py with the host compiler (-O3 -march=native) and driven by
-// nuwa_fast.gathered.FusedStep (attention="fused"). It reads the same static buffers as the torch
-// step ("gathered"): K/V [R, H, Ntot, D] and kbias [R, H, Ntot] per layer, filled once per group of
-// lanes; it writes the row's own key/value into the buffer like the torch step does, and the logits
-// of every row to `logits` [R, V] (the torch sampler draws from them).
+// nuwa_fast.gathered.FusedStep (attention="fused"). Every lane (a row of the call) reads its context
+// keys/values straight from the NCP page pool through its page table (pages [n_pages, L, 2, H, P, D],
+// float32 or bfloat16, widened exactly): nothing is copied per lane, and lanes of a wave that select
+// the same page read the same memory (one lane after another on the same thread, so the second read
+// is a cache hit). The own page and the null key live in the static buffer K/V [R, H, Ntot, D] of the
+// torch step ("gathered"), whose layout the scores keep: [context slots x P | own | null]. The row's
+// own key/value is written there as the torch step does, and the logits of every row go to `logits`
+// [R, V] (the sampler below, or the torch one, draws from them).
 //
 // One row of the batch (a lane's sample) is always computed by the same instruction sequence, whatever
 // the number of rows in the call: products accumulate over k in a fixed order per output, reductions
 // have a fixed tree. So a patch's tokens do not depend on how many lanes decode beside it (waves and
 // the sequential schedule give the same logits bit for bit), which BLAS gemms do not promise.
 //
-// Threads: outputs of each product and the (row, head) pairs of attention are split over
+// Threads: outputs of each product and the (head, row) pairs of attention are split over
 // `threads` std::threads of a pool owned by the module (1 = the caller's thread only). Work is split by
 // output, never inside a reduction, so results do not depend on the thread count either.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -29,6 +35,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <unistd.h>
 #include <vector>
 
@@ -244,61 +251,109 @@ inline vf vexp(vf x) {
 }
 
 // ---- y[r, n] = sum_k x[r, k] w[n, k] (+ b[n]) (+ y[r, n] when accumulate) --------------------------
-// x [M, K] (row stride ldx), w [N, K] row-major (nn.Linear), y [M, N] (row stride ldy). Tiles of 4 rows
-// x 4 outputs; every output is one FMA chain over k in VW-wide steps, then one reduction.
-void linear_cols(const float* x, int64_t ldx, int64_t M, const float* w, const float* b, int64_t K, float* y,
-                 int64_t ldy, bool accumulate, int64_t n0, int64_t n1) {
+// x [M, K] (row stride ldx), w [N, K] row-major (nn.Linear), y [M, N] (row stride ldy). Every output is
+// one FMA chain over k in VW-wide steps, then one horizontal sum: the tile an output falls in changes
+// nothing in its arithmetic, so the tiles below are chosen for speed alone.
+//
+// Register tiles of MR rows x NR outputs: MR * NR accumulators + NR weight vectors + one x vector fit
+// the register file (16 vector registers with AVX2, 32 with AVX-512), and NR >= 2 independent chains
+// per row keep both FMA ports busy. All rows of a call (up to kRowBlock of them) go through one tile,
+// so a weight row is read once per call whatever the number of lanes: the decode row of a wave reads
+// the weights once for all its lanes.
+#if defined(__AVX512F__)
+constexpr int kRowBlock = 8;
+constexpr int kTileN[kRowBlock + 1] = {0, 12, 8, 6, 5, 4, 4, 3, 3};
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kRowBlock = 6;
+constexpr int kTileN[kRowBlock + 1] = {0, 8, 4, 3, 3, 2, 2};
+#else
+constexpr int kRowBlock = 4;
+constexpr int kTileN[kRowBlock + 1] = {0, 4, 2, 2, 2};
+#endif
+
+template <int MR, int NR>
+inline void tile(const float* x, int64_t ldx, const float* w, int64_t K, float* out) {
   const int64_t Kv = K / VW * VW, tail = K - Kv;
-  int64_t n = n0;
-  auto put = [&](int64_t r, int64_t c, float v) {
-    if (b) v += b[c];
-    float* dst = y + r * ldy + c;
-    *dst = accumulate ? *dst + v : v;
-  };
-  for (; n + 4 <= n1; n += 4) {
-    const float* w0 = w + n * K;
-    for (int64_t r0 = 0; r0 < M; r0 += 4) {
-      const int64_t mr = M - r0 < 4 ? M - r0 : 4;
-      vf acc[4][4];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = vzero();
-      for (int64_t k = 0; k < Kv; k += VW) {
-        vf wv[4];
-        for (int j = 0; j < 4; ++j) wv[j] = vload(w0 + j * K + k);
-        for (int i = 0; i < mr; ++i) {
-          vf xv = vload(x + (r0 + i) * ldx + k);
-          for (int j = 0; j < 4; ++j) acc[i][j] = vfma(xv, wv[j], acc[i][j]);
-        }
+  vf acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = vzero();
+  for (int64_t k = 0; k < Kv; k += VW) {
+    if (MR == 1) {  // no reuse of a weight vector: let the FMA read it from memory
+      const vf xv = vload(x + k);
+      for (int j = 0; j < NR; ++j) acc[0][j] = vfma(xv, vload(w + j * K + k), acc[0][j]);
+    } else {
+      vf wv[NR];
+      for (int j = 0; j < NR; ++j) wv[j] = vload(w + j * K + k);
+      for (int i = 0; i < MR; ++i) {
+        const vf xv = vload(x + i * ldx + k);
+        for (int j = 0; j < NR; ++j) acc[i][j] = vfma(xv, wv[j], acc[i][j]);
       }
-      if (tail) {
-        vf wv[4];
-        for (int j = 0; j < 4; ++j) wv[j] = vload_n(w0 + j * K + Kv, tail);
-        for (int i = 0; i < mr; ++i) {
-          vf xv = vload_n(x + (r0 + i) * ldx + Kv, tail);
-          for (int j = 0; j < 4; ++j) acc[i][j] = vfma(xv, wv[j], acc[i][j]);
-        }
-      }
-      for (int i = 0; i < mr; ++i)
-        for (int j = 0; j < 4; ++j) put(r0 + i, n + j, vsum(acc[i][j]));
     }
   }
-  for (; n < n1; ++n) {  // the same per-output sequence, one column at a time
-    const float* wn = w + n * K;
-    for (int64_t r = 0; r < M; ++r) {
-      vf acc = vzero();
-      for (int64_t k = 0; k < Kv; k += VW) acc = vfma(vload(x + r * ldx + k), vload(wn + k), acc);
-      if (tail) acc = vfma(vload_n(x + r * ldx + Kv, tail), vload_n(wn + Kv, tail), acc);
-      put(r, n, vsum(acc));
+  if (tail) {
+    for (int i = 0; i < MR; ++i) {
+      const vf xv = vload_n(x + i * ldx + Kv, tail);
+      for (int j = 0; j < NR; ++j) acc[i][j] = vfma(xv, vload_n(w + j * K + Kv, tail), acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) out[i * NR + j] = vsum(acc[i][j]);
+}
+
+// rows [0, MR) x outputs [n0, n1): tiles of kTileN[MR] outputs, then single outputs
+template <int MR>
+void rows_block(const float* x, int64_t ldx, const float* w, const float* b, int64_t K, float* y, int64_t ldy,
+                bool accumulate, int64_t n0, int64_t n1) {
+  constexpr int NR = kTileN[MR];
+  float out[MR * NR];
+  auto put = [&](int nr, int64_t n) {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < nr; ++j) {
+        float v = out[i * nr + j];
+        if (b) v += b[n + j];
+        float* dst = y + i * ldy + n + j;
+        *dst = accumulate ? *dst + v : v;
+      }
+  };
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR) {
+    tile<MR, NR>(x, ldx, w + n * K, K, out);
+    put(NR, n);
+  }
+  for (; n < n1; ++n) {
+    tile<MR, 1>(x, ldx, w + n * K, K, out);
+    put(1, n);
+  }
+}
+
+using RowsFn = void (*)(const float*, int64_t, const float*, const float*, int64_t, float*, int64_t, bool, int64_t,
+                        int64_t);
+template <int... I>
+constexpr std::array<RowsFn, sizeof...(I) + 1> rows_table(std::integer_sequence<int, I...>) {
+  return {nullptr, rows_block<I + 1>...};
+}
+constexpr auto kRows = rows_table(std::make_integer_sequence<int, kRowBlock>{});
+
+// outputs [n0, n1) of every row; the weight slice is walked in chunks that stay in L2 while each block
+// of kRowBlock rows passes over it (batch x lanes can exceed one block)
+void linear_cols(const float* x, int64_t ldx, int64_t M, const float* w, const float* b, int64_t K, float* y,
+                 int64_t ldy, bool accumulate, int64_t n0, int64_t n1) {
+  const int64_t chunk = std::max<int64_t>(24, (int64_t{256} << 10) / (K * 4) / 24 * 24);  // ~256 KB of weights
+  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+    const int64_t c1 = std::min(n1, c0 + chunk);
+    for (int64_t r0 = 0; r0 < M; r0 += kRowBlock) {
+      const int64_t mr = std::min<int64_t>(kRowBlock, M - r0);
+      kRows[mr](x + r0 * ldx, ldx, w, b, K, y + r0 * ldy, ldy, accumulate, c0, c1);
     }
   }
 }
 
 void linear(const float* x, int64_t M, const float* w, const float* b, int64_t K, int64_t N, float* y,
             bool accumulate = false) {
-  // split the outputs over the pool in blocks of 4 columns (the kernel's tile)
-  const int64_t blocks = (N + 3) / 4;
+  // split the outputs over the pool in blocks of 8
+  const int64_t blocks = (N + 7) / 8;
   pool().run(blocks, [&](int64_t b0, int64_t b1) {
-    int64_t n0 = b0 * 4, n1 = b1 * 4 < N ? b1 * 4 : N;
+    const int64_t n0 = b0 * 8, n1 = std::min(N, b1 * 8);
     linear_cols(x, K, M, w, b, K, y, N, accumulate, n0, n1);
   });
 }
@@ -377,11 +432,12 @@ void gelu_tanh(float* x, int64_t n) {
 
 // ---- the row ------------------------------------------------------------------------------------
 // dims: see DIMS below; ptrs: GLOBAL_PTRS globals, then LAYER_PTRS per layer
-enum Dim { L_, W_, H_, D_, P_, V_, LT_, F_, NTOT_, NC_, OWN_OFF_, NULL_OFF_, CTX_BF16_, NDIMS };
-enum GPtr { TOK, POS, START, LNF_W, LNF_B, HEAD, BUF, ADD, COS_Q, SIN_Q, COS_K, SIN_K, LOGITS, OWN_B, NGLOBAL };
+enum Dim { L_, W_, H_, D_, P_, V_, LT_, F_, NTOT_, NSLOT_, OWN_OFF_, NULL_OFF_, POOL_BF16_, R_, NDIMS };
+enum GPtr { TOK, POS, START, LNF_W, LNF_B, HEAD, BUF, ADD, COS_Q, SIN_Q, COS_K, SIN_K, LOGITS, OWN_B, POOL, PAGE_IDS,
+            SLOT_BIAS, NGLOBAL };
 enum LPtr {
   LN1_W, LN1_B, QKV, PROJ, LN2_W, LN2_B, CQ, CPROJ, LN3_W, LN3_B, FC1_W, FC1_B, FC2_W, FC2_B,
-  KBUF, VBUF, KBIAS, TK, TV, TMASK, KCTX, VCTX, NLAYER
+  KBUF, VBUF, KBIAS, TK, TV, TMASK, NLAYER
 };
 
 struct Scratch {
@@ -413,10 +469,10 @@ void rope(float* t, const float* cs, const float* sn, int64_t H, int64_t D) {
   }
 }
 
-// ---- one (row, head) of the self-attention over [context | own keys < s | null] ----------------------
+// ---- one (row, head) of the self-attention over [context pages | own keys < s | null] ----------------
 // Scores of four keys at a time (four independent FMA chains), the output accumulated in NV registers.
-// The context keys/values are float32 (the buffer's own dtype) or bfloat16 (a bf16 page pool: the
-// values are the pool's, widened exactly, as the torch step widens them).
+// The context keys/values are the pool's: float32, or bfloat16 widened exactly (as the torch step
+// widens them).
 using bf16 = uint16_t;
 inline vf vload(const bf16* p) {
 #if defined(__AVX512F__)
@@ -451,13 +507,29 @@ inline void dot1(const float* q, const T* k, int64_t D, float* out) {
   *out = vsum(a);
 }
 
-// scores of keys K[k0 .. k0+n) into sc (bias[j] per key, or the constant cb when bias is null); -inf bias:
-// the key is not read
+// Context pages are read once per row and lane, and a wave's pages together outgrow the last-level
+// cache, evicting the weights that every row reads again. Their loads are prefetched ahead with the
+// non-temporal hint: the lines come into L1 and leave without displacing the weights from L2/L3.
+constexpr int64_t kPrefetchKeys = 8;  // keys ahead
 template <typename T>
+inline void prefetch_nta(const T* p, int64_t n) {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(T)); o += 64) _mm_prefetch(c + o, _MM_HINT_NTA);
+#else
+  (void)p, (void)n;
+#endif
+}
+
+// scores of keys K[k0 .. k0+n) into sc (bias[j] per key, or the constant cb when bias is null); -inf bias:
+// the key is not read. NTA: prefetch the keys ahead non-temporally (a context page)
+template <bool NTA = false, typename T>
 inline void score_keys(const float* q, const T* K, int64_t k0, int64_t n, int64_t D, float scale,
                        const float* bias, float cb, float* sc) {
   int64_t j = 0;
+  if (NTA) prefetch_nta(K + k0 * D, (n < kPrefetchKeys ? n : kPrefetchKeys) * D);
   for (; j + 4 <= n; j += 4) {
+    if (NTA && j + kPrefetchKeys < n) prefetch_nta(K + (k0 + j + kPrefetchKeys) * D, 4 * D);
     const float* b = bias ? bias + j : nullptr;
     if (b && b[0] == kNegInf && b[1] == kNegInf && b[2] == kNegInf && b[3] == kNegInf) {
       sc[j] = sc[j + 1] = sc[j + 2] = sc[j + 3] = kNegInf;
@@ -480,24 +552,45 @@ inline void score_keys(const float* q, const T* K, int64_t k0, int64_t n, int64_
   }
 }
 
-// Kc/Vc: the context keys/values [nc, D] (T), Kh/Vh: the buffer [Ntot, D] fp32 (own keys, null)
+// pool: the page pool (T), pid[n_slots]: the lane's page per context slot (-1: empty), pstride: elements
+// per page, koff/voff: this layer's and head's keys/values inside a page ([P, D] each), sbias[n_slots]:
+// the ADC bias per slot; Kh/Vh: the static buffer [Ntot, D] fp32 (own keys, null), bh its bias row.
+// Scores sit at [slot * P + t | own_off + j | null]: the torch step's buffer layout, so the softmax and
+// the weighted sum see the keys in the same order as there.
 template <int NV, typename T>
-void head_attention(const float* q, const T* Kc, const T* Vc, const float* Kh, const float* Vh, const float* bh,
-                    int64_t nc, int64_t own_off, int64_t s, int64_t null_off, float ob, float scale, float* sc,
+void head_attention(const float* q, const T* pool, const int64_t* pid, int64_t n_slots, int64_t pstride,
+                    int64_t koff, int64_t voff, int64_t P, const float* sbias, const float* Kh, const float* Vh,
+                    const float* bh, int64_t own_off, int64_t s, int64_t null_off, float ob, float scale, float* sc,
                     float* out) {
   constexpr int64_t D = NV * VW;
-  score_keys(q, Kc, 0, nc, D, scale, bh, 0.f, sc);
+  const int64_t nc = n_slots * P;
+  for (int64_t c = 0; c < n_slots; ++c) {
+    if (pid[c] < 0 || sbias[c] == kNegInf) {
+      std::fill(sc + c * P, sc + (c + 1) * P, kNegInf);
+      continue;
+    }
+    score_keys<true>(q, pool + pid[c] * pstride + koff, 0, P, D, scale, static_cast<const float*>(nullptr),
+                     sbias[c], sc + c * P);
+  }
   score_keys(q, Kh, own_off, s, D, scale, static_cast<const float*>(nullptr), ob, sc + nc);
   score_keys(q, Kh, null_off, 1, D, scale, bh + null_off, 0.f, sc + nc + s);
   const int64_t n = nc + s + 1;
   vf acc[NV];
   for (int v = 0; v < NV; ++v) acc[v] = vzero();
   if (softmax_inplace(sc, n)) {
-    for (int64_t j = 0; j < nc; ++j)
-      if (sc[j] != 0.f) {
-        const vf pv = vset1(sc[j]);
-        for (int v = 0; v < NV; ++v) acc[v] = vfma(pv, vload(Vc + j * D + v * VW), acc[v]);
+    for (int64_t c = 0; c < n_slots; ++c) {
+      if (pid[c] < 0) continue;                     // its scores are 0 after the softmax
+      const T* Vc = pool + pid[c] * pstride + voff;
+      const float* pc = sc + c * P;
+      prefetch_nta(Vc, (P < kPrefetchKeys ? P : kPrefetchKeys) * D);
+      for (int64_t t = 0; t < P; ++t) {
+        if (t + kPrefetchKeys < P) prefetch_nta(Vc + (t + kPrefetchKeys) * D, D);
+        if (pc[t] != 0.f) {
+          const vf pv = vset1(pc[t]);
+          for (int v = 0; v < NV; ++v) acc[v] = vfma(pv, vload(Vc + t * D + v * VW), acc[v]);
+        }
       }
+    }
     auto add = [&](const float* Vrow, float pj) {
       const vf pv = vset1(pj);
       for (int v = 0; v < NV; ++v) acc[v] = vfma(pv, vload(Vrow + v * VW), acc[v]);
@@ -509,8 +602,9 @@ void head_attention(const float* q, const T* Kc, const T* Vc, const float* Kh, c
 }
 
 template <typename T>
-using HeadFn = void (*)(const float*, const T*, const T*, const float*, const float*, const float*, int64_t, int64_t,
-                        int64_t, int64_t, float, float, float*, float*);
+using HeadFn = void (*)(const float*, const T*, const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                        const float*, const float*, const float*, const float*, int64_t, int64_t, int64_t, float,
+                        float, float*, float*);
 
 template <typename T>
 HeadFn<T> head_fn(int64_t D) {
@@ -617,7 +711,8 @@ void row_step(uintptr_t dims_addr, uintptr_t ptrs_addr, int64_t s, int64_t nr, b
   const int64_t* dm = reinterpret_cast<const int64_t*>(dims_addr);
   const int64_t* pt = reinterpret_cast<const int64_t*>(ptrs_addr);
   const int64_t L = dm[L_], W = dm[W_], H = dm[H_], D = dm[D_], P = dm[P_], V = dm[V_], Lt = dm[LT_],
-                F = dm[F_], Ntot = dm[NTOT_], nc = dm[NC_], own_off = dm[OWN_OFF_], null_off = dm[NULL_OFF_];
+                F = dm[F_], Ntot = dm[NTOT_], n_slots = dm[NSLOT_], own_off = dm[OWN_OFF_],
+                null_off = dm[NULL_OFF_], R = dm[R_];
   if (s < 0 || s > P) throw std::invalid_argument("row out of range");
   static std::mutex call_mu;  // one row at a time: the scratch and the pool are shared
   std::lock_guard<std::mutex> guard(call_mu);
@@ -647,10 +742,16 @@ void row_step(uintptr_t dims_addr, uintptr_t ptrs_addr, int64_t s, int64_t nr, b
   const float *ck_t = ptr_<const float>(pt, COS_K), *sk_t = ptr_<const float>(pt, SIN_K);
   const float* own_b = ptr_<const float>(pt, OWN_B);
   const int64_t half = D / 2;
-  const bool ctx_bf16 = dm[CTX_BF16_] != 0;
+  const bool pool_bf16 = dm[POOL_BF16_] != 0;
   const HeadFn<float> hfn = head_fn<float>(D);
   const HeadFn<bf16> hfn16 = head_fn<bf16>(D);
-  if (ctx_bf16 && !hfn16) throw std::invalid_argument("a bf16 context needs a head size that is a multiple of the vector width");
+  if (!hfn) throw std::invalid_argument("the head size must be 1, 2, 4, 8 or 16 vectors of the build's width (VW floats)");
+  if (nr > R) throw std::invalid_argument("more rows than the buffers hold");
+  // the pool: pages [n_pages, L, 2, H, P, D]; a lane's page table [R, n_slots]; the slot bias [L, R, H, n_slots]
+  const uintptr_t pool_addr = static_cast<uintptr_t>(pt[POOL]);
+  const int64_t* page_ids = ptr_<const int64_t>(pt, PAGE_IDS);
+  const float* slot_bias = ptr_<const float>(pt, SLOT_BIAS);
+  const int64_t pstride = L * 2 * H * P * D;
 
   for (int64_t l = 0; l < L; ++l) {
     const int64_t* lp = pt + NGLOBAL + l * NLAYER;
@@ -679,40 +780,28 @@ void row_step(uintptr_t dims_addr, uintptr_t ptrs_addr, int64_t s, int64_t nr, b
         }
       }
     }
+    // (head, row) pairs, rows innermost: the lanes of a wave that select the same page read it one after
+    // another on the same thread, the second time from cache
     pool().run(nr * H, [&](int64_t i0, int64_t i1) {
       thread_local std::vector<float> sbuf;
       if (static_cast<int64_t>(sbuf.size()) < Ntot) sbuf.resize(Ntot);
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t r = i / H, hh = i % H;
+        const int64_t hh = i / nr, r = i % nr;
         const float* q = qkv + r * 3 * W + hh * D;
         const float* Kh = Kb + (r * H + hh) * Ntot * D;
         const float* Vh = Vb + (r * H + hh) * Ntot * D;
         const float* bh = kbias + (r * H + hh) * Ntot;
-        float* sc_ = sbuf.data();
+        const int64_t* pid = page_ids + r * n_slots;
+        const float* sb = slot_bias + ((l * R + r) * H + hh) * n_slots;
+        const int64_t koff = ((l * 2 + 0) * H + hh) * P * D, voff = ((l * 2 + 1) * H + hh) * P * D;
         const float ob = own_b[l * H + hh];
         float* out = o + r * W + hh * D;
-        if (ctx_bf16) {
-          const bf16* Kc = reinterpret_cast<const bf16*>(static_cast<uintptr_t>(lp[KCTX])) + (r * H + hh) * nc * D;
-          const bf16* Vc = reinterpret_cast<const bf16*>(static_cast<uintptr_t>(lp[VCTX])) + (r * H + hh) * nc * D;
-          hfn16(q, Kc, Vc, Kh, Vh, bh, nc, own_off, s, null_off, ob, scale, sc_, out);
-          continue;
-        }
-        if (hfn) {
-          hfn(q, Kh, Vh, Kh, Vh, bh, nc, own_off, s, null_off, ob, scale, sc_, out);
-          continue;
-        }
-        // any head size: context keys (bias -inf: padding or an empty slot, never read), own keys < s, null
-        int64_t n = 0;
-        for (int64_t j = 0; j < nc; ++j) sc_[n++] = bh[j] == kNegInf ? kNegInf : dot(q, Kh + j * D, D) * scale + bh[j];
-        for (int64_t j = 0; j < s; ++j) sc_[n++] = dot(q, Kh + (own_off + j) * D, D) * scale + ob;
-        sc_[n++] = dot(q, Kh + null_off * D, D) * scale + bh[null_off];
-        std::memset(out, 0, D * sizeof(float));
-        if (!softmax_inplace(sc_, n)) continue;
-        int64_t m = 0;
-        for (int64_t j = 0; j < nc; ++j, ++m)
-          if (sc_[m] != 0.f) axpy(sc_[m], Vh + j * D, out, D);
-        for (int64_t j = 0; j < s; ++j, ++m) axpy(sc_[m], Vh + (own_off + j) * D, out, D);
-        axpy(sc_[m], Vh + null_off * D, out, D);
+        if (pool_bf16)
+          hfn16(q, reinterpret_cast<const bf16*>(pool_addr), pid, n_slots, pstride, koff, voff, P, sb, Kh, Vh, bh,
+                own_off, s, null_off, ob, scale, sbuf.data(), out);
+        else
+          hfn(q, reinterpret_cast<const float*>(pool_addr), pid, n_slots, pstride, koff, voff, P, sb, Kh, Vh, bh,
+              own_off, s, null_off, ob, scale, sbuf.data(), out);
       }
     });
     linear(o, nr, F32(PROJ), nullptr, W, W, x, true);
@@ -769,6 +858,7 @@ PYBIND11_MODULE(_nuwa_cpu, m) {
   m.attr("NLAYER") = static_cast<int>(NLAYER);
   m.attr("NSAMPLER") = static_cast<int>(NSAMPLER);
   m.attr("SIMD") = NUWA_SIMD;
+  m.attr("VW") = static_cast<int>(VW);
   m.def("row_step", &row_step, "row s of nr rows (dims and ptrs: int64 arrays by address)",
         pybind11::arg("dims"), pybind11::arg("ptrs"), pybind11::arg("row"), pybind11::arg("rows"),
         pybind11::arg("logits"), pybind11::arg("sampler") = 0, pybind11::arg("temperature") = 1.0,
