@@ -212,3 +212,19 @@ def test_decoder_only_gan_fine_tune_keeps_the_tokens(tmp_path):
     assert fixed and moved
     assert all(torch.equal(before[k], after[k]) for k in fixed)
     assert any(not torch.equal(before[k], after[k]) for k in moved)
+
+
+def test_cpu_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch):
+    """--cpu-bf16 on a CPU without AVX512-BF16/AMX (bf16 emulated, slower than fp32) runs fp32 and warns."""
+    from nuwa_fast.train import common
+    monkeypatch.setattr(common, "_warned_bf16", [])
+    monkeypatch.setattr(common, "cpu_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no native bf16"):
+        ctx = common.autocast(torch.device("cpu"), cpu_bf16=True)
+    with ctx:
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setattr(common, "cpu_native_bf16", lambda: True)
+    with common.autocast(torch.device("cpu"), cpu_bf16=True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with common.autocast(torch.device("cpu"), cpu_bf16=False):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

@@ -88,10 +88,34 @@ def wrap_ddp(module, dev):
     return DDP(module, device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
+def cpu_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+_warned_bf16 = []
+
+
 def autocast(dev, cpu_bf16: bool = False):
-    """bf16 autocast on GPU (fp16 where bf16 is not supported); on CPU fp32, or bf16 when asked
-    (2.4x faster matmuls on a CPU with AVX512-BF16: 64 vs 27 GFLOPS per core measured on AMD EPYC)."""
+    """bf16 autocast on GPU (fp16 where bf16 is not supported); on CPU fp32, or bf16 when asked and the
+    CPU has native bf16 (2.4x faster matmuls with AVX512-BF16: 64 vs 27 GFLOPS per core measured on
+    AMD EPYC). Without it bf16 is emulated and slower than fp32: fp32 runs, with one warning."""
     if dev.type != "cuda":
+        if cpu_bf16 and not cpu_native_bf16():
+            if not _warned_bf16:
+                _warned_bf16.append(True)
+                import warnings
+                warnings.warn("--cpu-bf16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag), where "
+                              "bf16 is slower than fp32; training runs in fp32", RuntimeWarning, stacklevel=2)
+            cpu_bf16 = False
         return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_bf16 else nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
