@@ -13,6 +13,7 @@ different Python or a different CPU gets its own build.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -63,7 +64,9 @@ def _pybind11_include() -> str | None:
     return str(inc) if (inc / "pybind11" / "pybind11.h").is_file() else None
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_flags() -> str:
+    """The CPU's flags line of /proc/cpuinfo (read once), else the processor name."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):

@@ -149,7 +149,7 @@ class StaticStep:
             torch.index_select(sh.pool.pages[:, l], 0, flat, out=src)
             both = src.view(nr, n, 2, H, P, D).permute(2, 0, 3, 1, 4, 5)              # [2, nr, H, n, P, D]
             for j in range(2):
-                ctx = self.context_view(l, j, nr)                                  # [nr, H, n, P, D] view
+                ctx = self.kv[l][j][:nr, :, :self.nc].unflatten(2, (n, Pb))[:, :, :, :P]   # [nr, H, n, P, D] view
                 ctx.copy_(both[j])
                 ctx.masked_fill_(~valid[:, None, :, None, None], 0.0)  # unused pages may hold NaN: never let it in
         b = self.slot_bias_of(idx, nr)                                                 # [L, nr, H, n]
@@ -169,10 +169,6 @@ class StaticStep:
         pt = sh.page_table[:nr]
         b = torch.stack([ops.adc_gather(sh.bias[l], pt, backend=sh.backend) for l in range(sh.L)])  # [L, nr, H, C]
         return b.gather(3, idx[None, :, None, :].expand(sh.L, nr, sh.H, self.n_max))
-
-    def context_view(self, l: int, j: int, nr: int):
-        """Where begin_group puts the context pages of layer l (j: 0 keys, 1 values): [nr, H, n_max, P, D]."""
-        return self.kv[l][j][:nr, :, :self.nc].unflatten(2, (self.n_max, self.Pb))[:, :, :, :self.sh.P]
 
     def end_group(self):
         """Write the own keys/values of every lane back to its page."""
@@ -352,9 +348,9 @@ def fused_unsupported(dec, dev, ext=None) -> str | None:
     if dec.cfg.head_dim % 2:
         return "its head dimension must be even (rotary pairs)"
     if ext is not None:
-        vw = int(ext.VW)
+        vw, nvs = int(ext.VW), tuple(ext.HEAD_VECTORS)
         nv, rem = divmod(dec.cfg.head_dim, vw)
-        if rem or nv not in (1, 2, 4, 8, 16):
-            return (f"its head dimension ({dec.cfg.head_dim}) must be {vw} x 1, 2, 4, 8 or 16 "
+        if rem or nv not in nvs:
+            return (f"its head dimension ({dec.cfg.head_dim}) must be {vw} x one of {nvs} "
                     f"(this build's vector width is {vw} floats)")
     return None

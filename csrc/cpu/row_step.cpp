@@ -607,7 +607,7 @@ using HeadFn = void (*)(const float*, const T*, const int64_t*, int64_t, int64_t
                         float, float*, float*);
 
 template <typename T>
-HeadFn<T> head_fn(int64_t D) {
+HeadFn<T> head_fn(int64_t D) {  // keep HEAD_VECTORS (the module attribute) in step
   if (D % VW) return nullptr;
   switch (D / VW) {
     case 1: return head_attention<1, T>;
@@ -859,6 +859,7 @@ PYBIND11_MODULE(_nuwa_cpu, m) {
   m.attr("NSAMPLER") = static_cast<int>(NSAMPLER);
   m.attr("SIMD") = NUWA_SIMD;
   m.attr("VW") = static_cast<int>(VW);
+  m.attr("HEAD_VECTORS") = pybind11::make_tuple(1, 2, 4, 8, 16);  // head_fn's cases: head_dim / VW
   m.def("row_step", &row_step, "row s of nr rows (dims and ptrs: int64 arrays by address)",
         pybind11::arg("dims"), pybind11::arg("ptrs"), pybind11::arg("row"), pybind11::arg("rows"),
         pybind11::arg("logits"), pybind11::arg("sampler") = 0, pybind11::arg("temperature") = 1.0,

@@ -89,16 +89,9 @@ def wrap_ddp(module, dev):
 
 
 def cpu_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16, from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags)."""
+    from ..cpu_ext import _cpu_flags
+    return bool(set(_cpu_flags().split()) & {"avx512_bf16", "amx_bf16"})
 
 
 _warned_bf16 = []
