@@ -272,7 +272,14 @@ class FusedStep(StaticStep):
         pl = sh.placed
         rope = pl.rope if pl is not None and pl.rope is not None else (None,) * 4
         add = pl.add if pl is not None else None
-        g = [dec.tok.weight, self.pos.contiguous(), dec.start, dec.ln_f.weight, dec.ln_f.bias, dec.head.weight,
+        pw = self.ext.PANEL
+        packed = []
+
+        def panels(w):                               # the C++ products read [N, K] weights as panels
+            packed.append(pack_panels(w.detach(), pw))
+            return packed[-1]
+
+        g = [dec.tok.weight, self.pos.contiguous(), dec.start, dec.ln_f.weight, dec.ln_f.bias, panels(dec.head.weight),
              sh.buf, add, *rope, self.logits, self.own_b, sh.pool.pages, self.page_ids, self.slot_bias]
         ptrs = [ptr(t) for t in g]
         Lt = sh.text[0][0].shape[2]
@@ -280,11 +287,12 @@ class FusedStep(StaticStep):
             tk, tv, tm = sh.text[l]
             fc1, fc2 = lay.mlp[0], lay.mlp[2]
             ptrs += [ptr(t) for t in (
-                lay.ln1.weight, lay.ln1.bias, lay.attn.qkv.weight, lay.attn.proj.weight,
-                lay.ln2.weight, lay.ln2.bias, lay.cross.q.weight, lay.cross.proj.weight,
-                lay.ln3.weight, lay.ln3.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+                lay.ln1.weight, lay.ln1.bias, panels(lay.attn.qkv.weight), panels(lay.attn.proj.weight),
+                lay.ln2.weight, lay.ln2.bias, panels(lay.cross.q.weight), panels(lay.cross.proj.weight),
+                lay.ln3.weight, lay.ln3.bias, panels(fc1.weight), fc1.bias, panels(fc2.weight), fc2.bias,
                 self.kv[l][0], self.kv[l][1], self.kbias[l], tk, tv, tm)]
         assert len(ptrs) == self.ext.NGLOBAL + cfg.layers * self.ext.NLAYER
+        self.staging_bytes += sum(t.numel() * t.element_size() for t in packed)
         dims = [cfg.layers, cfg.width, cfg.heads, cfg.head_dim, sh.P, V, Lt, fc1.weight.shape[0], self.Ntot,
                 n, self.own_off, self.null_off, int(sh.pool.pages.dtype == torch.bfloat16), R]
         assert len(dims) == self.ext.NDIMS
@@ -333,6 +341,17 @@ class FusedStep(StaticStep):
             self.ext.row_step(self._dims.data_ptr(), self._ptrs.data_ptr(), int(s), nb * sh.Bt, not last)
         if not last:
             sh.pick(self.logits[:nb * sh.Bt], sh.rows_t[s])
+
+
+def pack_panels(w: torch.Tensor, width: int) -> torch.Tensor:
+    """An nn.Linear weight [N, K] in the C++ products' layout: [ceil(N / width), K, width], float32, zeros
+    past N. A step over k then reads `width` consecutive weights of one input (csrc/cpu/row_step.cpp,
+    `linear`)."""
+    N, K = w.shape
+    n = -(-N // width) * width
+    out = torch.zeros(n, K, dtype=torch.float32)
+    out[:N] = w
+    return out.view(n // width, width, K).transpose(1, 2).contiguous()
 
 
 def fused_unsupported(dec, dev, ext=None) -> str | None:

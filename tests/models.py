@@ -4,8 +4,8 @@ import torch
 from nuwa_fast.config import NuwaConfig, TextConfig, VQConfig
 
 
-def small_config(extent=(1, 1, 1), patch=3, **kw):
-    return NuwaConfig(vq=VQConfig(f=4, codebook_size=48, code_dim=8, channels=8, channel_mult=(1, 2, 2)),
+def small_config(extent=(1, 1, 1), patch=3, codebook=48, **kw):
+    return NuwaConfig(vq=VQConfig(f=4, codebook_size=codebook, code_dim=8, channels=8, channel_mult=(1, 2, 2)),
                       text=TextConfig(max_len=16, width=32, layers=1, heads=2),
                       patch=patch, width=32, layers=2, heads=2, extent=extent, name="test", **kw)
 

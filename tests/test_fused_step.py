@@ -57,6 +57,27 @@ def test_fused_bf16_pool_equals_torch_step(placed, order, grid):
     assert torch.equal(fused, torch_step) and torch.equal(fused, seq)
 
 
+def test_pack_panels_layout():
+    """pack_panels: [N, K] -> [ceil(N / width), K, width], panel p column j = output p * width + j, zeros past N."""
+    from nuwa_fast.gathered import pack_panels
+    w = torch.randn(37, 5)
+    p = pack_panels(w, 16)
+    assert p.shape == (3, 5, 16) and p.is_contiguous()
+    for n in range(37):
+        assert torch.equal(p[n // 16, :, n % 16], w[n])
+    assert not p[2, :, 37 - 32:].any()
+
+
+def test_fused_partial_weight_panel_equals_oracle():
+    """A vocabulary that is not a multiple of the panel width (50 codes): the head's last panel is
+    zero-padded and only its real outputs are written, so the tokens stay the oracle's."""
+    m = small_model(rope=True, layout=True, extent=(1, 2, 2), codebook=50)
+    assert m.cfg.vq.codebook_size % cpu_ext.load().PANEL
+    fused = TASKS["down"](m, seed=5, attention="fused")
+    assert fused.stats.attention == "fused"
+    check(fused, TASKS["down"](m, seed=5, oracle=True))
+
+
 def test_fused_refuses_bf16_weights_clearly():
     m = small_model(rope=True, layout=True).to(torch.bfloat16)
     with pytest.raises(ValueError, match="float32 weights.*attention='gathered'"):

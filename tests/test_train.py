@@ -212,6 +212,12 @@ def test_decoder_only_gan_fine_tune_keeps_the_tokens(tmp_path):
     assert fixed and moved
     assert all(torch.equal(before[k], after[k]) for k in fixed)
     assert any(not torch.equal(before[k], after[k]) for k in moved)
+    # The tokens are the same, so the init's vision decoder and text encoder come along unchanged: the
+    # fine-tune's checkpoint is a complete model, not a new VQ with a freshly initialised decoder.
+    init_rest = {k: v for k, v in base.state_dict().items() if not k.startswith("vq.")}
+    tuned_rest = {k: v for k, v in tuned.state_dict().items() if not k.startswith("vq.")}
+    assert init_rest.keys() == tuned_rest.keys() and init_rest
+    assert all(torch.equal(init_rest[k], tuned_rest[k].to(init_rest[k].dtype)) for k in init_rest)
 
 
 def test_cpu_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch):
