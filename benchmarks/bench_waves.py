@@ -87,14 +87,45 @@ def sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def engine_case(model, name, grid, order, batch, repeats, max_patches=None, **kw):
+class RowTimer:
+    """Wall time of each fused decode row by the number of lanes in it (attention="fused" only): what a
+    row of n lanes costs against a row of one, the figure that bounds the waves' speedup."""
+
+    def __init__(self):
+        from nuwa_fast import gathered
+        self.cls, self.orig, self.by_lanes = gathered.FusedStep, gathered.FusedStep.row_fn, {}
+
+    def __enter__(self):
+        orig, by = self.orig, self.by_lanes
+
+        def row_fn(step, s, nb):
+            t0 = time.perf_counter()
+            orig(step, s, nb)
+            by.setdefault(nb, []).append(time.perf_counter() - t0)
+        self.cls.row_fn = row_fn
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.row_fn = self.orig
+
+    def summary(self):
+        return {str(n): {"rows": len(v), "median_us": round(1e6 * statistics.median(v), 1)}
+                for n, v in sorted(self.by_lanes.items())}
+
+
+def engine_case(model, name, grid, order, batch, repeats, max_patches=None, row_costs=False, **kw):
     spec = engine.TaskSpec(grid=grid, order=adc.order(order, grid), prompts=[""] * batch,
                            directions=adc.directions(order, grid))
     rates = {"waves": [], "sequential": []}
-    stats, tokens = {}, {}
+    stats, tokens, timers = {}, {}, {}
     for _ in range(repeats):
         for sch in ("waves", "sequential"):
-            tok, st = engine.run(model, spec, seed=0, schedule=sch, max_patches=max_patches, **kw)
+            timer = timers.setdefault(sch, RowTimer())
+            if row_costs:
+                with timer:
+                    tok, st = engine.run(model, spec, seed=0, schedule=sch, max_patches=max_patches, **kw)
+            else:
+                tok, st = engine.run(model, spec, seed=0, schedule=sch, max_patches=max_patches, **kw)
             rates[sch].append(st.tokens_per_second)
             stats[sch], tokens[sch] = st, tok
     w, s = stats["waves"], stats["sequential"]
@@ -108,6 +139,8 @@ def engine_case(model, name, grid, order, batch, repeats, max_patches=None, **kw
                speedup=round(med["waves"] / med["sequential"], 2),
                same_tokens=bool(torch.equal(tokens["waves"], tokens["sequential"])),
                attention=w.attention, backend=w.backend)
+    if row_costs and w.attention == "fused":
+        row["row_us_by_lanes"] = {sch: t.summary() for sch, t in timers.items()}
     print(f"{name:>22}: waves {row['tok_s_waves']:8.1f} tok/s ({w.waves} waves, {row['mean_lanes']} lanes, "
           f"{w.peak_pages} pages) | sequential {row['tok_s_sequential']:8.1f} tok/s ({s.peak_pages} pages) | "
           f"x{row['speedup']} | same tokens {row['same_tokens']}", flush=True)
@@ -152,6 +185,8 @@ def main(argv=None):
     ap.add_argument("--backend", default=None)
     ap.add_argument("--pool-dtype", default=None, choices=["float32", "bfloat16"],
                     help="NCP page pool dtype (default: the engine's for the model and device)")
+    ap.add_argument("--row-costs", action="store_true",
+                    help="fused step: also record the median wall time of a decode row per lane count")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "waves_cpu.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -176,7 +211,8 @@ def main(argv=None):
                 rows.append(base)
             else:
                 grid, order, batch, mp = todo[name]
-                row, res[name] = engine_case(model, name, grid, order, batch, args.repeats, mp, **kw)
+                row, res[name] = engine_case(model, name, grid, order, batch, args.repeats, mp,
+                                             row_costs=args.row_costs, **kw)
                 rows.append(row)
             base = next((r for r in rows if r["case"] == "full_kv_cache_baseline"), None)
             if base is not None and "8x8" in res:

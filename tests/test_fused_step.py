@@ -104,3 +104,18 @@ def test_installed_package_ships_the_row_step_source(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert Path(out.stdout.strip()) == shipped
+
+
+def test_bench_row_timer_counts_every_lane_row(placed):
+    """benchmarks/bench_waves.py --row-costs: every fused row is timed under its lane count, and the step
+    is restored afterwards."""
+    from benchmarks.bench_waves import RowTimer
+    from nuwa_fast import gathered
+    orig = gathered.FusedStep.row_fn
+    with RowTimer() as timer:
+        r = TASKS["left"](placed, seed=2, attention="fused")
+    assert gathered.FusedStep.row_fn is orig
+    by = timer.summary()
+    assert max(int(n) for n in by) > 1                      # a wave of several lanes ran
+    assert sum(int(n) * v["rows"] for n, v in by.items()) == r.stats.patches * (placed.cfg.patch ** 2 + 1)
+    assert all(v["median_us"] > 0 for v in by.values())

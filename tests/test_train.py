@@ -1,6 +1,7 @@
 """Training: losses go down, the parallel teacher-forced forward equals the sequential (oracle-style)
 one, DDP replicas stay identical, and a killed + resumed run ends with the same weights."""
 import dataclasses
+import json
 import os
 import socket
 
@@ -200,10 +201,10 @@ def test_decoder_only_gan_fine_tune_keeps_the_tokens(tmp_path):
     cfg = small_config()
     base = train_vq(cfg, _opts(tmp_path, "base", steps=2, save_every=2, sizes=(16,)))
     a = cli.build_parser().parse_args(["vq", "--decoder-only", "--gan", "--gan-start", "0", "--gan-weight", "0.5",
-                                       "--init", str(tmp_path / "base" / "last.safetensors"), "--steps", "2",
-                                       "--sizes", "16", "--out", str(tmp_path / "dec")])
+                                       "--gan-adaptive", "--init", str(tmp_path / "base" / "last.safetensors"),
+                                       "--steps", "2", "--sizes", "16", "--out", str(tmp_path / "dec")])
     opt = cli.options_from_args(a)
-    assert (opt.gan, opt.decoder_only, opt.gan_start, opt.gan_weight) == (True, True, 0, 0.5)
+    assert (opt.gan, opt.decoder_only, opt.gan_start, opt.gan_weight, opt.gan_adaptive) == (True, True, 0, 0.5, True)
     opt = dataclasses.replace(opt, **{**FAST, "save_every": 2})
     tuned = train_vq(cfg, opt)
     before, after = base.vq.state_dict(), tuned.vq.state_dict()
@@ -218,6 +219,9 @@ def test_decoder_only_gan_fine_tune_keeps_the_tokens(tmp_path):
     tuned_rest = {k: v for k, v in tuned.state_dict().items() if not k.startswith("vq.")}
     assert init_rest.keys() == tuned_rest.keys() and init_rest
     assert all(torch.equal(init_rest[k], tuned_rest[k].to(init_rest[k].dtype)) for k in init_rest)
+    # the adversarial terms are logged, with the adaptive weight (0.5 x the gradient balance, > 0)
+    rows = [json.loads(line) for line in open(tmp_path / "dec" / "metrics.jsonl") if '"loss"' in line]
+    assert rows and all(r["gan_weight"] > 0 and r["d_loss"] >= 0 for r in rows)
 
 
 def test_cpu_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch):

@@ -138,6 +138,8 @@ def build_parser(prog="nuwa-fast train"):
                     help="vq: fine-tune the pixel decoder only (with --init); tokens stay the same")
     ap.add_argument("--gan-start", type=_count("--gan-start", 0), default=d.gan_start)
     ap.add_argument("--gan-weight", type=float, default=d.gan_weight, help="vq: weight of the generator's hinge term")
+    ap.add_argument("--gan-adaptive", action="store_true",
+                    help="vq: scale --gan-weight by VQGAN's gradient balance at the decoder's last layer")
     ap.add_argument("--commit-weight", type=float, default=d.commit_weight)
     ap.add_argument("--restart-every", type=_count("--restart-every", 0), default=d.restart_every)
     ap.add_argument("--vq", default=None, help="nuwa: checkpoint with the trained VQ (stage 1 output)")
@@ -181,7 +183,7 @@ def options_from_args(a) -> TrainOptions:
     return TrainOptions(out=a.out, steps=a.steps, batch=a.batch, lr=lr, warmup=a.warmup, seed=a.seed,
                         data=a.data, save_every=a.save_every, log_every=a.log_every, eval_every=a.eval_every,
                         resume=a.resume, stop_at=a.stop_at, device=a.device, threads=a.threads, cpu_bf16=a.cpu_bf16, progress=not a.no_progress,
-                        bundle=a.bundle, sizes=a.sizes, gan=a.gan, decoder_only=a.decoder_only, gan_start=a.gan_start, gan_weight=a.gan_weight,
+                        bundle=a.bundle, sizes=a.sizes, gan=a.gan, decoder_only=a.decoder_only, gan_start=a.gan_start, gan_weight=a.gan_weight, gan_adaptive=a.gan_adaptive,
                         restart_every=a.restart_every, commit_weight=a.commit_weight, vq=a.vq, cache=a.cache, init=a.init, chains=a.chains, mode=a.mode,
                         caption_drop=a.caption_drop, label_smoothing=a.label_smoothing,
                         bias_lr_scale=a.bias_lr_scale, phrasing=a.phrasing, outward=a.outward,

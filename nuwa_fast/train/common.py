@@ -280,6 +280,10 @@ def load_train_state(out, model, opt, name: str = "last", modules: dict | None =
             _, pid, name_ = k.split(".", 2)
             state.setdefault(int(pid), {})[name_] = v
     ref = opt.state_dict()
+    if len(groups) != len(ref["param_groups"]):
+        raise TrainStateError(f"--resume: {src} holds {len(groups)} optimizer groups, this run has "
+                              f"{len(ref['param_groups'])} (it was written by another nuwa-fast version or "
+                              f"options); start a new --out, or --init {wpath} for the weights alone")
     for pid, st in state.items():        # keep the param's device; Adam's `step` stays a cpu scalar
         for k, v in st.items():
             if k != "step":

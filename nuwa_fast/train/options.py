@@ -35,6 +35,7 @@ class TrainOptions:
     gan: bool = False                   # patch-GAN (hinge) after gan_start steps
     gan_start: int = 500
     gan_weight: float = 0.1
+    gan_adaptive: bool = False          # scale gan_weight by |grad rec| / |grad gan| at the decoder's last layer
     # NUWA stage
     vq: str | None = None               # checkpoint whose VQ (and nothing else) is used
     cache: str | None = None            # token cache (train/cache.py) to cut chains from instead of rendering
@@ -54,7 +55,7 @@ class TrainOptions:
 
     # options that must match when resuming (the rest may change: steps, save/log cadence, device)
     PINNED = ("batch", "lr", "warmup", "seed", "data", "sizes", "mse_weight", "commit_weight", "restart_every", "gan",
-              "gan_start", "gan_weight", "decoder_only", "chains", "mode", "caption_drop", "label_smoothing", "weight_decay",
+              "gan_start", "gan_weight", "gan_adaptive", "decoder_only", "chains", "mode", "caption_drop", "label_smoothing", "weight_decay",
               "bias_lr_scale",
               "cache", "phrasing", "outward", "video_cache", "video", "video_chain")
 

@@ -1,7 +1,8 @@
 """Stage 1: the VQ tokenizer.
 
 Loss = L1 + mse_weight * MSE + commit_weight * commitment (+ gan_weight * hinge patch-GAN after gan_start, behind
---gan). Dead codes (no hit in the last restart_every steps, summed over all ranks) are re-seeded
+--gan; with --gan-adaptive the weight is also scaled by VQGAN's gradient balance at the decoder's last layer).
+The discriminator has its own AdamW group (betas 0.5, 0.9, no decay) and its own gradient clipping. Dead codes (no hit in the last restart_every steps, summed over all ranks) are re-seeded
 from encoder outputs on rank 0 and broadcast. Reported on held-out crops: PSNR and codebook usage.
 """
 from __future__ import annotations
@@ -42,6 +43,15 @@ def vq_loss(vq, img, mse_weight=1.0, commit_weight=0.1):
     recon, ld = vq(img)
     mse = F.mse_loss(recon, img)
     return ld["rec"] + mse_weight * mse + commit_weight * ld["commit"], recon, dict(ld, mse=mse)
+
+
+def adaptive_weight(rec_loss, g_loss, last):
+    """VQGAN's balance (Esser et al. 2021): |grad of the reconstruction loss| / |grad of the generator
+    loss| at the decoder's last layer, clamped to [0, 1e4], so the adversarial term pushes about as hard
+    as the reconstruction whatever the scale of the discriminator's logits."""
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 def psnr(a, b):
@@ -97,8 +107,12 @@ def train_vq(cfg, opt: TrainOptions, log=print):
             mod.requires_grad_(False)
         vq.codebook.requires_grad_(False)
     disc = PatchDiscriminator().to(dev) if opt.gan else None
-    params = [q for q in vq.parameters() if q.requires_grad] + (list(disc.parameters()) if disc is not None else [])
+    params = [q for q in vq.parameters() if q.requires_grad]
     optim = common.make_adamw(params, opt.lr, opt.weight_decay, betas=(0.9, 0.99))
+    if disc is not None:        # its own group (the usual GAN betas, no decay), clipped on its own below
+        optim.add_param_group({"params": list(disc.parameters()), "weight_decay": 0.0, "lr_scale": 1.0,
+                               "betas": (0.5, 0.9)})
+    last_layer = vq.decoder[-1].weight               # the adaptive GAN weight balances gradients here
     start, resumed_usage = 0, None
     extra = {"disc": disc} if disc is not None else {}
     if opt.resume and common.has_checkpoint(opt.out):
@@ -123,17 +137,23 @@ def train_vq(cfg, opt: TrainOptions, log=print):
         common.set_lr(optim, lr)
         with common.autocast(dev, opt.cpu_bf16):
             loss, recon, ld = vq_loss(ddp_vq, img, opt.mse_weight, opt.commit_weight)
+            gan = {}
             if disc is not None and step >= opt.gan_start:
                 disc.requires_grad_(False)               # the generator term trains the VQ only
                 g_loss = -disc(recon).mean()
                 disc.requires_grad_(True)
                 d_loss = F.relu(1 - disc(img)).mean() + F.relu(1 + disc(recon.detach())).mean()
-                loss = loss + opt.gan_weight * g_loss + d_loss   # d_loss reaches the discriminator only
+                w = opt.gan_weight
+                if opt.gan_adaptive:
+                    w = w * adaptive_weight(loss, g_loss, last_layer)
+                loss = loss + w * g_loss + d_loss        # d_loss reaches the discriminator only
+                gan = {"g_loss": g_loss.item(), "d_loss": d_loss.item(), "gan_weight": float(w)}
         optim.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         if disc is not None:
             common.all_reduce_grads(disc)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
         optim.step()
         usage += ld["usage"]
         if opt.restart_every and not opt.decoder_only and (step + 1) % opt.restart_every == 0:
@@ -143,7 +163,7 @@ def train_vq(cfg, opt: TrainOptions, log=print):
             restarted = None
         if common.is_main() and (step % opt.log_every == 0 or restarted is not None):
             row = {"step": step, "lr": lr, "loss": loss.item(), "l1": ld["rec"].item(), "mse": ld["mse"].item(),
-                   "commit": ld["commit"].item(), "psnr": psnr(recon.detach().float(), img), "size": size}
+                   "commit": ld["commit"].item(), "psnr": psnr(recon.detach().float(), img), "size": size, **gan}
             if restarted is not None:
                 row["restarted"] = restarted
             metrics.write(**row)
