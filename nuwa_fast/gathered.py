@@ -86,6 +86,7 @@ class GatheredKV:
 
 class StaticStep:
     """Gathered context in a static [context | own | null] key/value buffer; one function for all rows."""
+    owns_cpu_threads = False     # True: the step runs its own CPU thread pool (torch's stay at 1 meanwhile)
     per_row = False
 
     def __init__(self, sh, mode: str, compile_step: bool = False):
@@ -236,6 +237,8 @@ class FusedStep(StaticStep):
     patches also uses (the context is gathered there only for a group that prefills). One lane's row is
     computed by the same instruction sequence whatever the lane count or the thread count, so waves and
     the sequential schedule give identical tokens."""
+
+    owns_cpu_threads = True
 
     def __init__(self, sh, threads: int | None = None):
         from . import cpu_ext

@@ -13,13 +13,14 @@ select the other), so selecting lane by lane on the device tables sees only fini
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import ncp, nvtx, ops
+from . import ncp, nvtx, ops, runtime
 
 
 class PatchKind(enum.IntEnum):
@@ -98,21 +99,25 @@ class Scheduler:
     def run_group(self, g: Group):
         sh, rows = self.sh, self.rows
         steps = self.lane_steps[g.offset:g.offset + len(g.steps)]
-        with nvtx.range("select+add+gather"):
-            self.select_add(g)
-            sh.load_lanes(steps, g.bucket)
-            self.step.begin_group(steps)
-        if g.kind == "prefill":
-            with nvtx.range("prefill"):
-                rows.prefill(g.bucket)
-        else:
-            with nvtx.range("decode"):
-                for s in range(sh.P + 1):
-                    with nvtx.range(f"row {s}"):
-                        rows.row(s, g.bucket)
-        with nvtx.range("write-back"):
-            self.step.end_group()
-            sh.write_out(steps)
+        # A step with its own CPU thread pool (the fused row step): torch's threads stay out of its way
+        # for the group, except for a prefill, which is torch's work.
+        own = self.step.owns_cpu_threads
+        with runtime.torch_threads(1) if own else contextlib.nullcontext(torch.get_num_threads()) as threads:
+            with nvtx.range("select+add+gather"):
+                self.select_add(g)
+                sh.load_lanes(steps, g.bucket)
+                self.step.begin_group(steps)
+            if g.kind == "prefill":
+                with nvtx.range("prefill"), runtime.torch_threads(threads):
+                    rows.prefill(g.bucket)
+            else:
+                with nvtx.range("decode"):
+                    for s in range(sh.P + 1):
+                        with nvtx.range(f"row {s}"):
+                            rows.row(s, g.bucket)
+            with nvtx.range("write-back"):
+                self.step.end_group()
+                sh.write_out(steps)
 
     def run(self, on_wave=None):
         """The patch loop. on_wave(steps) after each wave, with the order indices it wrote (progress, callbacks, timings)."""

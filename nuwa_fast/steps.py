@@ -168,6 +168,7 @@ class PagedStep:
     """Every row: the decoder's layers with layers.PagedKV, the pool read by ops.patch_attention."""
     per_row = True
     compiled = False                   # the paged step runs eagerly (or as CUDA graphs)
+    owns_cpu_threads = False           # torch runs its work
 
     def __init__(self, sh: Shared):
         self.sh = sh

@@ -119,3 +119,30 @@ def test_bench_row_timer_counts_every_lane_row(placed):
     assert max(int(n) for n in by) > 1                      # a wave of several lanes ran
     assert sum(int(n) * v["rows"] for n, v in by.items()) == r.stats.patches * (placed.cfg.patch ** 2 + 1)
     assert all(v["median_us"] > 0 for v in by.values())
+
+
+def test_fused_decode_keeps_torch_threads_out_of_its_pool(placed, monkeypatch):
+    """Fused decode rows run with torch's intra-op threads at 1 (the step's own pool does the work);
+    a prefill (torch's work) gets the caller's count back, and the count is restored afterwards."""
+    from nuwa_fast import gathered
+    seen = {"row": set(), "prefill": set()}
+    row, prefill = gathered.FusedStep.row_fn, gathered.FusedStep.prefill_fn
+
+    def row_fn(self, s, nb):
+        seen["row"].add(torch.get_num_threads())
+        return row(self, s, nb)
+
+    def prefill_fn(self, nb):
+        seen["prefill"].add(torch.get_num_threads())
+        return prefill(self, nb)
+    monkeypatch.setattr(gathered.FusedStep, "row_fn", row_fn)
+    monkeypatch.setattr(gathered.FusedStep, "prefill_fn", prefill_fn)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        r = TASKS["animate"](placed, seed=1, attention="fused")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+    assert r.stats.attention == "fused"
+    assert seen == {"row": {1}, "prefill": {2}}
