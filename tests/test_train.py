@@ -238,3 +238,16 @@ def test_cpu_bf16_falls_back_to_fp32_without_native_bf16(monkeypatch):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with common.autocast(torch.device("cpu"), cpu_bf16=False):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("decoder_only", [False, True])
+def test_vq_init_with_another_vq_config_is_refused_by_name(tmp_path, decoder_only):
+    """train vq --init CKPT (a VQ to continue, or --decoder-only): a checkpoint whose VQ differs from the
+    preset's is refused before any step, naming the flag and the file; the output folder stays empty."""
+    train_vq(small_config(codebook=32), _opts(tmp_path, "other", steps=1, save_every=1, sizes=(16,)))
+    init = tmp_path / "other" / "last.safetensors"
+    opt = _opts(tmp_path, "new", steps=1, save_every=1, sizes=(16,))
+    opt = dataclasses.replace(opt, init=str(init), decoder_only=decoder_only)
+    with pytest.raises(ValueError, match=r"--init .*other.*VQ config differs"):
+        train_vq(small_config(codebook=48), opt)
+    assert not (tmp_path / "new" / "last.safetensors").exists()

@@ -86,21 +86,21 @@ def train_vq(cfg, opt: TrainOptions, log=print):
         torch.set_num_threads(opt.threads)
     rank, world, dev = common.setup_distributed(opt.device)
     torch.manual_seed(opt.seed)
-    if opt.init and opt.decoder_only:
+    src = None
+    if opt.init:
+        from ..checkpoint import load_checkpoint
+        src = load_checkpoint(opt.init)
+        if src.cfg.vq != cfg.vq:
+            raise ValueError(f"--init {opt.init}: its VQ config differs from the preset's")
+    if src is not None and opt.decoder_only:
         # Tokens stay exactly the same, so the init's vision decoder and text encoder stay valid: keep
         # the whole model (its config too), and the bundle written is a complete model with a new painter.
-        from ..checkpoint import load_checkpoint
-        model = load_checkpoint(opt.init)
-        if model.cfg.vq != cfg.vq:
-            raise ValueError(f"--init {opt.init}: its VQ config differs from the preset's")
+        model = src
     else:
         model = NuwaModel(cfg)
-        if opt.init:                                     # continue from a checkpoint's VQ
-            from ..checkpoint import load_checkpoint
-            src = load_checkpoint(opt.init)
-            if src.cfg.vq != cfg.vq:
-                raise ValueError(f"--init {opt.init}: its VQ config differs from the preset's")
+        if src is not None:                              # continue from a checkpoint's VQ
             model.vq.load_state_dict(src.vq.state_dict())
+            del src
     vq = model.vq.to(dev).train()
     if opt.decoder_only:                             # the encoder and codebook, hence every token, stay fixed
         for mod in (vq.encoder, vq.quant_in):
