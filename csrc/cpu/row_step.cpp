@@ -169,6 +169,24 @@ inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
 inline void vsum4(vf a, vf b, vf c, vf d, float* out) {
   out[0] = vsum(a), out[1] = vsum(b), out[2] = vsum(c), out[3] = vsum(d);
 }
+// out[j] = the sum of a[j]'s 16 lanes, j < 16, in one transpose-and-add tree (45 shuffles and adds for
+// 16 sums, where 16 reductions take ~130): pairs of lanes, then quads, then 128-bit quarters
+constexpr int kSumKeys = 16;
+inline void vsum_keys(const vf* a, float* out) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit quarter: [a0+a2, b0+b2, a1+a3, b1+b3]
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per quarter: the quarter's sums of keys 4i .. 4i+3
+    const __m512d x = _mm512_castps_pd(t[2 * i]), y = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  _mm512_storeu_ps(out, _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1))));
+}
 inline vf vround(vf v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vf vexp2i(vf x, vf n) { return _mm512_scalef_ps(x, n); }            // x * 2^n
 inline vf vzero_below(vf e, vf x, float lo) {                              // 0 where x < lo
@@ -203,6 +221,8 @@ inline void vsum4(vf a, vf b, vf c, vf d, float* out) {  // four horizontal sums
   const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
   _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
 }
+constexpr int kSumKeys = 4;
+inline void vsum_keys(const vf* a, float* out) { vsum4(a[0], a[1], a[2], a[3], out); }
 inline vf vround(vf v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 inline vf vexp2i(vf x, vf n) {                                             // x * 2^n, n in [-126, 127]
   __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
@@ -229,6 +249,8 @@ inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline float vsum(vf v) { return v; }
 inline void vsum4(vf a, vf b, vf c, vf d, float* out) { out[0] = a, out[1] = b, out[2] = c, out[3] = d; }
+constexpr int kSumKeys = 4;
+inline void vsum_keys(const vf* a, float* out) { vsum4(a[0], a[1], a[2], a[3], out); }
 inline vf vround(vf v) { return std::nearbyint(v); }
 inline vf vexp2i(vf x, vf n) { return std::ldexp(x, static_cast<int>(n)); }
 inline vf vzero_below(vf e, vf x, float lo) { return x >= lo ? e : 0.f; }
@@ -471,7 +493,8 @@ void rope(float* t, const float* cs, const float* sn, int64_t H, int64_t D) {
 }
 
 // ---- one (row, head) of the self-attention over [context pages | own keys < s | null] ----------------
-// Scores of four keys at a time (four independent FMA chains), the output accumulated in NV registers.
+// Scores of kSumKeys keys at a time (independent FMA chains, one reduction tree), the output accumulated
+// in NV registers.
 // The context keys/values are the pool's: float32, or bfloat16 widened exactly (as the torch step
 // widens them).
 using bf16 = uint16_t;
@@ -488,17 +511,16 @@ inline vf vload(const bf16* p) {
 #endif
 }
 
+// scores of kSumKeys consecutive keys: one FMA chain per key over d, then one transpose-and-add tree
 template <typename T>
-inline void dot4(const float* q, const T* k, int64_t D, float* out) {
-  vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+inline void dot_keys(const float* q, const T* k, int64_t D, float* out) {
+  vf a[kSumKeys];
+  for (int j = 0; j < kSumKeys; ++j) a[j] = vzero();
   for (int64_t d = 0; d < D; d += VW) {
     const vf qv = vload(q + d);
-    a0 = vfma(qv, vload(k + d), a0);
-    a1 = vfma(qv, vload(k + D + d), a1);
-    a2 = vfma(qv, vload(k + 2 * D + d), a2);
-    a3 = vfma(qv, vload(k + 3 * D + d), a3);
+    for (int j = 0; j < kSumKeys; ++j) a[j] = vfma(qv, vload(k + j * D + d), a[j]);
   }
-  vsum4(a0, a1, a2, a3, out);
+  vsum_keys(a, out);
 }
 
 template <typename T>
@@ -511,7 +533,7 @@ inline void dot1(const float* q, const T* k, int64_t D, float* out) {
 // Context pages are read once per row and lane, and a wave's pages together outgrow the last-level
 // cache, evicting the weights that every row reads again. Their loads are prefetched ahead with the
 // non-temporal hint: the lines come into L1 and leave without displacing the weights from L2/L3.
-constexpr int64_t kPrefetchKeys = 8;  // keys ahead
+constexpr int64_t kPrefetchKeys = 16;  // keys ahead
 template <typename T>
 inline void prefetch_nta(const T* p, int64_t n) {
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -529,15 +551,16 @@ inline void score_keys(const float* q, const T* K, int64_t k0, int64_t n, int64_
                        const float* bias, float cb, float* sc) {
   int64_t j = 0;
   if (NTA) prefetch_nta(K + k0 * D, (n < kPrefetchKeys ? n : kPrefetchKeys) * D);
-  for (; j + 4 <= n; j += 4) {
-    if (NTA && j + kPrefetchKeys < n) prefetch_nta(K + (k0 + j + kPrefetchKeys) * D, 4 * D);
+  constexpr int KB = kSumKeys;
+  for (; j + KB <= n; j += KB) {
+    if (NTA && j + kPrefetchKeys < n) prefetch_nta(K + (k0 + j + kPrefetchKeys) * D, std::min<int64_t>(KB, n - j - kPrefetchKeys) * D);
     const float* b = bias ? bias + j : nullptr;
-    if (b && b[0] == kNegInf && b[1] == kNegInf && b[2] == kNegInf && b[3] == kNegInf) {
-      sc[j] = sc[j + 1] = sc[j + 2] = sc[j + 3] = kNegInf;
+    if (b && std::all_of(b, b + KB, [](float v) { return v == kNegInf; })) {
+      std::fill(sc + j, sc + j + KB, kNegInf);
       continue;
     }
-    dot4(q, K + (k0 + j) * D, D, sc + j);
-    for (int i = 0; i < 4; ++i) {
+    dot_keys(q, K + (k0 + j) * D, D, sc + j);
+    for (int i = 0; i < KB; ++i) {
       const float bi = b ? b[i] : cb;
       sc[j + i] = bi == kNegInf ? kNegInf : sc[j + i] * scale + bi;
     }
