@@ -78,6 +78,42 @@ def test_vq_steps_lower_loss_on_fixed_batch():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_edge_weights_mark_the_edges_that_touch_earlier_patches():
+    p = 3
+    orde = adc.order("down", (2, 2))                       # (0,0,0) (0,0,1) (0,1,0) (0,1,1)
+    w = chainlib.edge_weights(orde, p, 4.0).view(len(orde), p, p)
+    assert torch.all(w[0] == 1)                            # the first patch has no earlier neighbour
+    assert torch.all(w[1][:, 0] == 4) and torch.all(w[1][:, 1:] == 1)         # left neighbour only
+    assert torch.all(w[2][0] == 4) and torch.all(w[2][1:] == 1)               # the one above only
+    assert torch.all(w[3][0] == 4) and torch.all(w[3][:, 0] == 4) and w[3][1:, 1:].eq(1).all()
+    up = chainlib.edge_weights(adc.order("up", (2, 2)), p, 2.0).view(4, p, p)
+    assert torch.all(up[2][p - 1] == 2)                    # "up": the patch below came first
+    clip = chainlib.edge_weights(adc.order(["down"] * 2, (2, 1, 1)), p, 2.0)
+    assert torch.all(clip == 1)                            # frames alone: no spatial neighbour, no edge
+
+
+def test_edge_weight_changes_the_loss_not_the_reported_ce():
+    model = small_model(extent=(0, 1, 1))
+    trainer = NuwaTrainer(model).eval()
+    orde = adc.order("right", (2, 3))
+    chain = torch.randint(model.cfg.vq.codebook_size, (2, len(orde), model.cfg.P), generator=torch.Generator().manual_seed(1))
+    rel = chainlib.context(orde, model.cfg.extent, model.cfg.extent)
+    with torch.no_grad():
+        plain, ce = trainer("chain", chain, prompts := ["a lake", ""], rel=rel)
+        ones, ce1 = trainer("chain", chain, prompts, rel=rel, weight=torch.ones(len(orde), model.cfg.P))
+        heavy, ce2 = trainer("chain", chain, prompts, rel=rel, weight=chainlib.edge_weights(orde, model.cfg.patch, 5.0))
+    assert torch.allclose(plain, ce) and torch.allclose(ones, plain) and torch.allclose(ce1, ce) and torch.allclose(ce2, ce)
+    assert not torch.allclose(heavy, plain)
+
+
+def test_edge_weight_option_is_checked():
+    from nuwa_fast.train.cli import _edge_weight
+    assert _edge_weight("2.5") == 2.5
+    for bad in ("0.5", "x", "nan"):
+        with pytest.raises(Exception, match="--edge-weight: expected a number >= 1"):
+            _edge_weight(bad)
+
+
 @pytest.mark.parametrize("mode", ["parallel", "sequential"])
 def test_nuwa_steps_lower_loss_on_fixed_batch(mode):
     model = small_model(extent=(0, 1, 1))
@@ -91,12 +127,12 @@ def test_nuwa_steps_lower_loss_on_fixed_batch(mode):
 
     def eval_loss():
         with torch.no_grad():
-            return trainer("chain", chain, prompts, rel=rel).item()
+            return trainer("chain", chain, prompts, rel=rel)[1].item()
 
     before = eval_loss()
     for _ in range(6):
         if mode == "parallel":
-            loss = trainer("chain", chain, prompts, rel=rel)
+            loss, _ = trainer("chain", chain, prompts, rel=rel)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -32,6 +32,20 @@ def to_chain(tokens, order, p: int):
     return torch.stack(out, 1)                                                 # [B, N, P]
 
 
+def edge_weights(order, p: int, weight: float, device=None) -> torch.Tensor:
+    """[N, P] loss weights of a chain in `order`: `weight` on the tokens of a patch edge whose neighbour
+    across that edge (same frame) comes earlier in the order, 1 elsewhere. Those are the tokens a seam
+    runs along: the model must continue a neighbour it sees only through the context pages."""
+    step_of = {tuple(o): i for i, o in enumerate(order)}
+    w = torch.ones(len(order), p, p)
+    for i, (t, y, x) in enumerate(order):
+        for dy, dx, edge in ((-1, 0, (0, slice(None))), (1, 0, (p - 1, slice(None))),
+                             (0, -1, (slice(None), 0)), (0, 1, (slice(None), p - 1))):
+            if step_of.get((t, y + dy, x + dx), i) < i:
+                w[i][edge] = weight
+    return w.reshape(len(order), p * p).to(device)
+
+
 def chain_where(order, y_offset, height, direction: int, device=None) -> Where:
     """Placement of every patch of B chains, sample-major (row b*N + n): patch n of `order` in a crop
     whose top lies y_offset[b] patches below the top of an image height[b] patches high."""

@@ -155,6 +155,9 @@ def build_parser(prog="nuwa-fast train"):
                     help="nuwa: teacher-forced block mask (fast) or render-and-optimize (the paper)")
     ap.add_argument("--caption-drop", type=float, default=d.caption_drop)
     ap.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    ap.add_argument("--edge-weight", type=_edge_weight, default=d.edge_weight,
+                    help="nuwa: loss weight (>= 1) of the tokens on a patch edge that touches an earlier patch of "
+                         "the order (the tokens a seam runs along); the rest weigh 1")
     ap.add_argument("--bias-lr-scale", type=float, default=d.bias_lr_scale,
                     help="nuwa: LR multiplier of the ADC bias table (additive attention biases need large moves)")
     ap.add_argument("--phrasing", type=float, default=d.phrasing,
@@ -166,6 +169,16 @@ def build_parser(prog="nuwa-fast train"):
     ap.add_argument("--video-chain", type=_video_chain, default=d.video_chain,
                     help="nuwa: clip chain FxHxW (frames x patch rows x patch cols), e.g. 2x4x2")
     return ap
+
+
+def _edge_weight(v):
+    try:
+        w = float(v)
+        if not w >= 1.0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--edge-weight: expected a number >= 1 (1 = every token alike), got {v!r}") from None
+    return w
 
 
 def _video_chain(v):
@@ -185,7 +198,7 @@ def options_from_args(a) -> TrainOptions:
                         resume=a.resume, stop_at=a.stop_at, device=a.device, threads=a.threads, cpu_bf16=a.cpu_bf16, progress=not a.no_progress,
                         bundle=a.bundle, sizes=a.sizes, gan=a.gan, decoder_only=a.decoder_only, gan_start=a.gan_start, gan_weight=a.gan_weight, gan_adaptive=a.gan_adaptive,
                         restart_every=a.restart_every, commit_weight=a.commit_weight, vq=a.vq, cache=a.cache, init=a.init, chains=a.chains, mode=a.mode,
-                        caption_drop=a.caption_drop, label_smoothing=a.label_smoothing,
+                        caption_drop=a.caption_drop, label_smoothing=a.label_smoothing, edge_weight=a.edge_weight,
                         bias_lr_scale=a.bias_lr_scale, phrasing=a.phrasing, outward=a.outward,
                         video_cache=a.video_cache, video=a.video, video_chain=a.video_chain)
 

@@ -37,16 +37,23 @@ class NuwaTrainer(nn.Module):
         mem, mask = self.text.encode_prompts(prompts, dev)
         return self.decoder.text_memory(mem, mask)
 
-    def forward(self, kind, chain, prompts, rel=None, ctx=None, label_smoothing=0.0, where=None):
-        """kind "chain": chain [B, N, P] -> mean CE over all tokens;
-        kind "patch": chain [B, P] one patch against ctx -> (CE, page)."""
+    def forward(self, kind, chain, prompts, rel=None, ctx=None, label_smoothing=0.0, where=None, weight=None):
+        """kind "chain": chain [B, N, P] -> (loss, mean CE over all tokens);
+        kind "patch": chain [B, P] one patch against ctx -> (loss, mean CE, page).
+        weight ([N, P] or [P], optional): per-token loss weights; the loss is their weighted mean of the
+        CE (the plain mean without), the mean CE is what bits/token report either way."""
         text = self.text_memory(prompts, chain.device)
         V = self.decoder.cfg.vq.codebook_size
         if kind == "chain":
             lg = chainlib.parallel_logits(self.decoder, chain, rel, text, where=where)   # [B, N, P, V]
-            return F.cross_entropy(lg.reshape(-1, V).float(), chain.reshape(-1), label_smoothing=label_smoothing)
-        lg, page = chainlib.patch_forward(self.decoder, chain, ctx, text, where=where)  # [B, P, V]
-        return F.cross_entropy(lg.reshape(-1, V).float(), chain.reshape(-1), label_smoothing=label_smoothing), page
+            page = None
+        else:
+            lg, page = chainlib.patch_forward(self.decoder, chain, ctx, text, where=where)  # [B, P, V]
+        ce = F.cross_entropy(lg.reshape(-1, V).float(), chain.reshape(-1), label_smoothing=label_smoothing,
+                             reduction="none").view(chain.shape)
+        mean = ce.mean()
+        loss = mean if weight is None else (ce * weight).sum() / (weight.sum() * chain.shape[0])
+        return (loss, mean) if kind == "chain" else (loss, mean, page)
 
 
 def draw_chain_batch(vq, opt: TrainOptions, g, batch, p, heldout=False, shape=None, order=None, cache=None,
@@ -174,18 +181,24 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
             key = tuple(order)
             if key not in rel_cache:
                 rel_cache[key] = chainlib.context(order, cfg.extent, cfg.extent)
+            weight = None
+            if opt.edge_weight != 1.0:
+                if ("w",) + key not in rel_cache:
+                    rel_cache[("w",) + key] = chainlib.edge_weights(order, p, opt.edge_weight, dev)
+                weight = rel_cache[("w",) + key]
             with common.autocast(dev, opt.cpu_bf16):
-                loss = ddp("chain", chain, prompts, rel=rel_cache[key], label_smoothing=opt.label_smoothing,
-                           where=where)
+                loss, ce = ddp("chain", chain, prompts, rel=rel_cache[key], label_smoothing=opt.label_smoothing,
+                               where=where, weight=weight)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
         else:
-            loss, gn = _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where)
+            loss, ce, gn = _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where)
         if common.is_main() and step % opt.log_every == 0:
             loss = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
-            row = {"step": step, "lr": lr, "loss": loss, "bits": loss / math.log(2),
+            ce = float(ce.detach()) if torch.is_tensor(ce) else float(ce)
+            row = {"step": step, "lr": lr, "loss": loss, "bits": ce / math.log(2),
                    "grad_norm": float(gn), "order": _order_name(order, shape), "shape": list(shape)}
             metrics.write(**row)
             if hasattr(steps, "set_postfix"):
@@ -205,7 +218,8 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
 def _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where=None):
     """The paper's training: per patch forward, backward, step; pages join the pool detached."""
     step_of = {tuple(o): i for i, o in enumerate(order)}
-    pages, total, gn = {}, 0.0, 0.0
+    weight = chainlib.edge_weights(order, cfg.patch, opt.edge_weight, chain.device) if opt.edge_weight != 1.0 else None
+    pages, total, total_ce, gn = {}, 0.0, 0.0, 0.0
     for i, (t, y, x) in enumerate(order):
         ctx = []
         for d in adc.offsets(cfg.extent):
@@ -213,15 +227,17 @@ def _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, wh
             if j in step_of and step_of[j] < i:
                 ctx.append((pages[j], adc.rel_index(d, cfg.extent)))
         with common.autocast(chain.device, opt.cpu_bf16):
-            loss, page = ddp("patch", chain[:, i], prompts, ctx=ctx, label_smoothing=opt.label_smoothing,
-                             where=chainlib.where_step(where, chain.shape[0], chain.shape[1], i))
+            loss, ce, page = ddp("patch", chain[:, i], prompts, ctx=ctx, label_smoothing=opt.label_smoothing,
+                                 where=chainlib.where_step(where, chain.shape[0], chain.shape[1], i),
+                                 weight=None if weight is None else weight[i])
         optim.zero_grad(set_to_none=True)
         loss.backward()
         gn = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
         optim.step()
         pages[(t, y, x)] = [(k.detach(), v.detach()) for k, v in page]
         total += float(loss.detach())
-    return total / len(order), gn
+        total_ce += float(ce.detach())
+    return total / len(order), total_ce / len(order), gn
 
 
 def _order_name(order, shape):

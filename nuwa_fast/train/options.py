@@ -44,6 +44,7 @@ class TrainOptions:
     mode: str = "parallel"              # "parallel" (teacher-forced block mask) | "sequential" (render-and-optimize)
     caption_drop: float = 0.1
     label_smoothing: float = 0.0
+    edge_weight: float = 1.0            # nuwa: loss weight of the tokens on a patch edge that touches an earlier patch
     phrasing: float = 0.85              # nuwa: P(a fresh phrasing of the cached image's attributes as caption)
     outward: float = 0.0                # nuwa: P(an "outward" order from a random region) per step
     video_cache: str | None = None      # nuwa: token cache of moving clips (train cache --frames 3)
@@ -55,7 +56,7 @@ class TrainOptions:
 
     # options that must match when resuming (the rest may change: steps, save/log cadence, device)
     PINNED = ("batch", "lr", "warmup", "seed", "data", "sizes", "mse_weight", "commit_weight", "restart_every", "gan",
-              "gan_start", "gan_weight", "gan_adaptive", "decoder_only", "chains", "mode", "caption_drop", "label_smoothing", "weight_decay",
+              "gan_start", "gan_weight", "gan_adaptive", "decoder_only", "chains", "mode", "caption_drop", "label_smoothing", "edge_weight", "weight_decay",
               "bias_lr_scale",
               "cache", "phrasing", "outward", "video_cache", "video", "video_chain")
 
