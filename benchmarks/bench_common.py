@@ -34,6 +34,7 @@ def env_info(device):
         info["triton"] = None
     if device.type == "cpu":
         info["cpu"] = _cpu_model()
+        info["cpu_isa"] = cpu_isa()
         if hasattr(os, "getloadavg"):
             info["loadavg_start"] = os.getloadavg()
     return info
@@ -48,6 +49,19 @@ def _cpu_model():
     except OSError:
         pass
     return platform.processor()
+
+
+def cpu_isa():
+    """The widest vector ISA the CPU reports, as the fused CPU step is built for it (-march=native)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    for name in ("avx512_bf16", "avx512f", "avx2"):
+        if name in flags:
+            return name
+    return "other"
 
 
 def device_name(device):

@@ -33,6 +33,9 @@ import nuwa_fast
 from nuwa_fast import adc, engine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+import sys                                                                      # noqa: E402
+sys.path.insert(0, HERE)
+from bench_common import _cpu_model, cpu_isa                                    # noqa: E402
 
 
 class Block(nn.Module):
@@ -199,7 +202,7 @@ def main(argv=None):
     todo = {"8x8": ((1, 8, 8), "down", 1, None), "16x16": ((1, 16, 16), "down", 1, None),
             "32x32": ((1, 32, 32), "down", 1, 32 * args.rows32), "4x64": ((1, 4, 64), "right", 1, None),
             "8x8_b8": ((1, 8, 8), "down", 8, None)}
-    out = dict(bench="waves", device=str(dev), cpu=platform.processor() or platform.machine(),
+    out = dict(bench="waves", device=str(dev), cpu=_cpu_model() or platform.machine(), cpu_isa=cpu_isa(),
                threads=torch.get_num_threads(), torch=torch.__version__, git=git_rev(), checkpoint=args.checkpoint,
                repeats=args.repeats, pool_dtype=args.pool_dtype, rows=rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
