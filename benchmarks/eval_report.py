@@ -265,6 +265,8 @@ def main(argv=None):
         a.seam_size, a.seam_seeds, a.steer_seeds, a.upside_seeds, a.video_size, a.frames = 128, 2, 1, 2, 64, 2
     if a.threads:
         torch.set_num_threads(a.threads)
+    from nuwa_fast.runtime import keep_freed_memory
+    keep_freed_memory()
     sampling = dict(temperature=a.temperature, top_k=a.top_k)
     rep, secs = {"sampling": sampling, "quick": a.quick}, {}
 

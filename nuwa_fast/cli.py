@@ -181,6 +181,7 @@ def run(argv=None) -> int:
         H, W = a.height, a.width
     output.check_space(names, a.batch * getattr(a, "frames", 1) * H * W * 3)
     threads = runtime.set_threads(a.threads)
+    runtime.keep_freed_memory()
     hint = runtime.busy_hint(threads) if a.threads is None else None
     if hint:
         print(hint, file=sys.stderr)

@@ -67,6 +67,32 @@ def test_busy_hint():
     assert "--threads 1" in runtime.busy_hint(2, loadavg=cores + 3.0)
 
 
+_FAULTS = """
+import resource, sys, torch
+from nuwa_fast.runtime import keep_freed_memory
+kept = keep_freed_memory()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(6):
+    t = torch.empty(16 * 2 ** 20).fill_(1.0)        # 64 MB, every page touched
+    del t
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keep_freed_memory_reuses_large_blocks_instead_of_faulting_them_in_again():
+    def run(flag):
+        env = dict(os.environ, NUWA_FAST_KEEP_MEMORY=flag)
+        out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+        kept, faults = out.stdout.split()
+        return kept == "True", int(faults)
+    kept_on, faults_on = run("1")
+    kept_off, faults_off = run("0")
+    print("minor page faults, 6 x 64 MB: kept", faults_on, "returned", faults_off)
+    assert kept_on and not kept_off
+    assert faults_on < faults_off / 2.5                # the block is faulted in once and reused, not 6 times
+
+
 def test_speed_flags_reach_the_engine(ckpt, tmp_path, capsys):
     from nuwa_fast.cli import main
     try:

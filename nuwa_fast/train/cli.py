@@ -217,6 +217,8 @@ def _train(argv, state):
     opt = options_from_args(a)
     _check_inputs(a)
     state["out"] = a.out if a.stage != "cache" else None
+    from ..runtime import keep_freed_memory
+    keep_freed_memory()
     if a.stage == "cache":
         import torch
         from ..checkpoint import load_checkpoint
