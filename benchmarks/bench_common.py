@@ -53,11 +53,8 @@ def _cpu_model():
 
 def cpu_isa():
     """The widest vector ISA the CPU reports, as the fused CPU step is built for it (-march=native)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return None
+    from nuwa_fast.cpu_ext import _cpu_flags
+    flags = _cpu_flags().split()
     for name in ("avx512_bf16", "avx512f", "avx2"):
         if name in flags:
             return name

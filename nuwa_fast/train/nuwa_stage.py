@@ -171,6 +171,17 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
         from tqdm import tqdm
         steps = tqdm(steps, initial=start, total=opt.steps, desc=f"nuwa ({opt.mode})", unit="chain", mininterval=5)
     params = [q for q in trainer.parameters() if q.requires_grad]
+    edge_cache = {}
+
+    def edge_weight_of(order):
+        """The [N, P] loss weights of an order (None at --edge-weight 1), built once per order."""
+        if opt.edge_weight == 1.0:
+            return None
+        key = tuple(map(tuple, order))
+        if key not in edge_cache:
+            edge_cache[key] = chainlib.edge_weights(order, p, opt.edge_weight, dev)
+        return edge_cache[key]
+
     for step in steps:
         g = sources.rng(opt.seed, rank, step)
         chain, prompts, order, shape, where = draw_chain_batch(model.vq, opt, g, opt.batch, p, cache=cache,
@@ -181,11 +192,7 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
             key = tuple(order)
             if key not in rel_cache:
                 rel_cache[key] = chainlib.context(order, cfg.extent, cfg.extent)
-            weight = None
-            if opt.edge_weight != 1.0:
-                if ("w",) + key not in rel_cache:
-                    rel_cache[("w",) + key] = chainlib.edge_weights(order, p, opt.edge_weight, dev)
-                weight = rel_cache[("w",) + key]
+            weight = edge_weight_of(order)
             with common.autocast(dev, opt.cpu_bf16):
                 loss, ce = ddp("chain", chain, prompts, rel=rel_cache[key], label_smoothing=opt.label_smoothing,
                                where=where, weight=weight)
@@ -194,7 +201,8 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
             gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
         else:
-            loss, ce, gn = _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where)
+            loss, ce, gn = _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where,
+                                                edge_weight_of(order))
         if common.is_main() and step % opt.log_every == 0:
             loss = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
             ce = float(ce.detach()) if torch.is_tensor(ce) else float(ce)
@@ -215,10 +223,10 @@ def train_nuwa(cfg, opt: TrainOptions, log=print):
     return model
 
 
-def _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where=None):
-    """The paper's training: per patch forward, backward, step; pages join the pool detached."""
+def _render_and_optimize(ddp, optim, params, chain, prompts, order, cfg, opt, where=None, weight=None):
+    """The paper's training: per patch forward, backward, step; pages join the pool detached.
+    weight: the chain's [N, P] loss weights (chain.edge_weights), or None for a plain mean."""
     step_of = {tuple(o): i for i, o in enumerate(order)}
-    weight = chainlib.edge_weights(order, cfg.patch, opt.edge_weight, chain.device) if opt.edge_weight != 1.0 else None
     pages, total, total_ce, gn = {}, 0.0, 0.0, 0.0
     for i, (t, y, x) in enumerate(order):
         ctx = []
